@@ -1,0 +1,1 @@
+"""iosweep runner: the only package that imports hydra, omegaconf or mlflow."""

@@ -1,0 +1,67 @@
+"""What the user sees on the terminal: one live progress line, the result table, one-line errors."""
+from __future__ import annotations
+
+import sys
+
+from workloads import Result, Spec
+
+MIB = 1 << 20
+
+
+def fail(message: str, code: int = 2):
+    """A user error: one line on stderr, no traceback."""
+    print(f"iosweep: error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+class Progress:
+    """Called about once a second by the workload; silent for the first couple of seconds.
+
+    On a terminal it rewrites one line; otherwise it prints plain lines (logs stay readable).
+    """
+
+    def __init__(self, after_s: float = 2.0):
+        self.after_s = after_s
+        self.tty = sys.stdout.isatty()
+        self.shown = False
+
+    def __call__(self, elapsed_s: float, bytes_done: int, mib_s: float) -> None:
+        if elapsed_s < self.after_s:
+            return
+        line = f"  {elapsed_s:6.1f} s  {bytes_done / MIB:10.0f} MiB  {mib_s:9.1f} MiB/s"
+        if self.tty:
+            sys.stdout.write("\r" + line)
+            sys.stdout.flush()
+        else:
+            print(line, flush=True)
+        self.shown = True
+
+    def done(self) -> None:
+        if self.tty and self.shown:
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+
+
+def describe(spec: Spec) -> str:
+    what = f"{spec.pattern}" + (f" read_pct={spec.read_pct}" if spec.pattern == "mixed" else "")
+    how = f"duration {spec.duration_s:g} s" if spec.duration_s else f"{spec.size_bytes >> 20} MiB"
+    return (f"{what}  block {spec.block_size >> 10} KiB  writers {spec.writers}  {how}  "
+            f"engine {spec.engine}  direct {str(spec.direct).lower()}  target {spec.target}:{spec.target_dir}")
+
+
+def result_table(result: Result) -> str:
+    m = result.metrics()
+    info = result.info
+    lines = [
+        f"  io_mode {result.io_mode}   fs {info.get('fs_type', '?')} on {info.get('device') or '?'}",
+        f"  {'throughput':>12} {m['throughput_mib_s']:10.1f} MiB/s   {'iops':>6} {m['iops']:10.0f}"
+        f"   {m['bytes_total'] / MIB:.0f} MiB in {m['elapsed_s']:.3f} s",
+    ]
+    if "read_throughput_mib_s" in m:
+        lines.append(f"  {'read':>12} {m['read_throughput_mib_s']:10.1f} MiB/s   "
+                     f"{'write':>6} {m['write_throughput_mib_s']:10.1f} MiB/s")
+    lines.append("  latency us   " + "  ".join(
+        f"{k} {m[f'lat_{k}_us']:.1f}" for k in ("p50", "p90", "p99", "p999", "max")))
+    for w in result.warnings:
+        lines.append(f"  WARNING: {w}")
+    return "\n".join(lines)

@@ -1,0 +1,168 @@
+"""MLflow: the experiment, parent and child runs, params, batched metrics, artifacts, status.
+
+Runs are written through MlflowClient with explicit run ids (no global active run), so a point
+is logged in one batch after it was measured, with its real start and end times, and a sweep's
+parent can be closed from a Hydra callback or at exit whatever happened to its points.
+"""
+from __future__ import annotations
+
+import atexit
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+EXPERIMENT = "iosweep"
+PARENT_ENV = "IOSWEEP_PARENT_RUN_ID"
+OUTPUTS = Path("outputs")
+MAX_PARAMS, MAX_METRICS, MAX_TAGS = 100, 1000, 100  # MLflow's log_batch limits per call
+
+
+def tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI when set, else the sqlite store under ./outputs (absolute)."""
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    if env:
+        return env
+    return f"sqlite:///{(OUTPUTS / 'mlflow.db').absolute()}"
+
+
+def client():
+    from mlflow.tracking import MlflowClient  # ~1 s import: only when something is logged
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri)
+
+
+def experiment_id(c) -> str:
+    name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    artifacts = None
+    if not os.environ.get("MLFLOW_TRACKING_URI"):  # our own store: keep artifacts beside it
+        artifacts = (OUTPUTS / "mlartifacts").absolute().as_uri()
+    try:
+        return c.create_experiment(name, artifact_location=artifacts)
+    except Exception:  # another iosweep process created it a moment ago
+        exp = c.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = "null" if v is None else str(v)
+    return out
+
+
+def _chunks(items: list, n: int):
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def log_run(*, name: str, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str],
+            step_metrics: list[tuple[str, float, int, int]] = (), artifacts: list[tuple[Path, str | None]] = (),
+            status: str = "FINISHED", start_ms: int | None = None, end_ms: int | None = None,
+            parent_id: str | None = None) -> str:
+    """Create one complete run in one go; returns its id. The run is always terminated."""
+    from mlflow.entities import Metric, Param, RunTag
+
+    c = client()
+    tags = dict(tags)
+    if parent_id:
+        tags["mlflow.parentRunId"] = parent_id
+    run = c.create_run(experiment_id(c), start_time=start_ms, tags={"mlflow.runName": name}, run_name=name)
+    run_id = run.info.run_id
+    try:
+        now = end_ms or int(time.time() * 1000)
+        ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(v)]
+        ms += [Metric(k, float(v), ts, step) for k, v, ts, step in step_metrics if math.isfinite(v)]
+        ps = [Param(k, v[:6000]) for k, v in params.items()]
+        ts = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
+        for batch in _chunks(ps, MAX_PARAMS):
+            c.log_batch(run_id, params=batch)
+        for batch in _chunks(ts, MAX_TAGS):
+            c.log_batch(run_id, tags=batch)
+        for batch in _chunks(ms, MAX_METRICS):
+            c.log_batch(run_id, metrics=batch)
+        for path, artifact_dir in artifacts:
+            if Path(path).is_dir():
+                c.log_artifacts(run_id, str(path), artifact_dir)
+            elif Path(path).exists():
+                c.log_artifact(run_id, str(path), artifact_dir)
+    except BaseException:
+        c.set_terminated(run_id, "FAILED")
+        raise
+    c.set_terminated(run_id, status, end_time=end_ms)
+    return run_id
+
+
+class SweepCallback(Callback):
+    """One parent MLflow run per multirun; every point becomes its child (mlflow.parentRunId).
+
+    Hydra does not call on_multirun_end when a job raised, so the parent is also closed at exit.
+    """
+
+    def __init__(self) -> None:
+        self.parent_id: str | None = None
+        self.points: list[dict] = []
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        overrides = " ".join(config.hydra.overrides.task) or "(defaults)"
+        c = client()
+        run = c.create_run(experiment_id(c), tags={"mlflow.runName": f"sweep {overrides}",
+                                                   "iosweep.sweep": "true",
+                                                   "iosweep.sweep_dir": str(Path(config.hydra.sweep.dir).absolute())},
+                           run_name=f"sweep {overrides}")
+        self.parent_id = run.info.run_id
+        os.environ[PARENT_ENV] = self.parent_id
+        atexit.register(self._close, "FAILED")
+
+    def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
+        value = job_return.return_value if job_return.status.name == "COMPLETED" else None
+        if not isinstance(value, dict):
+            value = {"status": "FAILED", "error": "job raised: see the traceback above", "run_id": None}
+        value["overrides"] = list(job_return.overrides or [])
+        self.points.append(value)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        failed = [p for p in self.points if p["status"] != "FINISHED"]
+        self._close("FAILED" if failed else "FINISHED")
+        if failed:
+            print(f"iosweep: {len(failed)} of {len(self.points)} points failed; first: "
+                  f"{' '.join(failed[0]['overrides'])}: {failed[0]['error']}", file=sys.stderr)
+            sys.exit(1)
+
+    def _close(self, status: str) -> None:
+        if self.parent_id is None:
+            return
+        from mlflow.entities import Metric
+
+        parent, self.parent_id = self.parent_id, None
+        os.environ.pop(PARENT_ENV, None)
+        c = client()
+        now = int(time.time() * 1000)
+        failed = sum(p["status"] != "FINISHED" for p in self.points)
+        c.log_batch(parent, metrics=[Metric("points_total", len(self.points), now, 0),
+                                     Metric("points_failed", failed, now, 0)])
+        c.set_terminated(parent, status)
+
+
+def parent_run_id() -> str | None:
+    return os.environ.get(PARENT_ENV)
+
+
+def resolved_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)

@@ -1,0 +1,73 @@
+"""Every file in conf/ composes against the schema; bad keys and types are refused."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from runner import app, schema
+from workloads import Spec
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ["target", "pattern", "engine", "data"]
+
+schema.register()
+app.register_resolvers()
+
+
+def compose_with(overrides):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=app.quote_null_choices(overrides))
+
+
+def all_choices():
+    for group in GROUPS:
+        for f in sorted((CONF / group).glob("*.yaml")):
+            yield f"{group}={f.stem}"
+
+
+@pytest.mark.parametrize("choice", list(all_choices()))
+def test_every_group_option_composes_and_builds_a_spec(choice):
+    cfg = compose_with([choice])
+    group, name = choice.split("=")
+    assert cfg[group].name == name
+    spec = app.to_spec(cfg)
+    assert isinstance(spec, Spec)
+
+
+def test_every_experiment_preset_composes():
+    for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
+        cfg = compose_with([f"experiment={preset}"])
+        assert app.to_spec(cfg).block_size > 0, preset
+
+
+def test_defaults_are_the_documented_job():
+    spec = app.to_spec(compose_with([]))
+    assert (spec.pattern, spec.block_size, spec.writers, spec.engine, spec.target) == \
+           ("seq_write", 1 << 20, 1, "sync", "local")
+    assert 100 <= spec.size_bytes >> 20 <= 1024 and spec.direct is False
+
+
+@pytest.mark.parametrize("override", ["block_sz=4", "pattern.readpct=5", "target.dri=/tmp"])
+def test_misspelt_keys_are_refused(override):
+    with pytest.raises(Exception, match="not in struct|Could not override|Key"):
+        compose_with([override])
+
+
+@pytest.mark.parametrize("override", ["block_kb=abc", "writers=1.5", "data.compress_ratio=2.5", "direct=maybe"])
+def test_wrong_types_are_refused(override):
+    with pytest.raises(Exception) as e:
+        compose_with([override])
+    message = f"{e.value} {e.value.__cause__}"
+    assert "could not be converted" in message or "is not a valid" in message
+
+
+def test_unknown_group_choice_lists_valid_ones():
+    with pytest.raises(Exception) as e:
+        compose_with(["pattern=zigzag"])
+    assert "seq_read" in str(e.value) and "rand_write" in str(e.value)
+
+
+def test_engine_null_is_the_null_engine_not_yaml_null():
+    assert app.quote_null_choices(["engine=null", "engine=sync,null", "size_mb=null"]) == \
+        ["engine='null'", "engine=sync,'null'", "size_mb=null"]
+    assert compose_with(["engine=null"]).engine.name == "null"

@@ -1,0 +1,130 @@
+"""Block buffers for the hot loop: dgen-py data generated ahead by a producer thread, or zeros.
+
+Buffers are anonymous mmaps (page-aligned, as O_DIRECT needs). dgen-py costs ~100-200 us per
+call, so it fills chunks of >= 1 MiB that the hot loop slices into blocks through views built
+once. A producer thread keeps RING chunks ready (fill_chunk releases the GIL), so generation
+overlaps the I/O; the time the loop still waits for data is counted in `wait_ns`.
+
+dgen-py's ratios hold within one Generator pass of the size it was given, so each worker's
+Generator is sized to its file: every pass over the file writes a fresh, correctly-shaped stream.
+"""
+from __future__ import annotations
+
+import hashlib
+import mmap
+import queue
+import threading
+import time
+
+from .spec import Spec
+
+MIN_CHUNK = 1 << 20
+RING = 4
+
+
+def chunk_bytes(block_size: int) -> int:
+    """Smallest multiple of the block that is >= 1 MiB."""
+    return -(-MIN_CHUNK // block_size) * block_size
+
+
+def aligned_buffer(nbytes: int) -> mmap.mmap:
+    return mmap.mmap(-1, nbytes)
+
+
+class BlockSource:
+    """Cycles through chunks of block views: `current()`, then `advance()` at every chunk end."""
+
+    def __init__(self, buffers: list[mmap.mmap], block_size: int, as_iovec: bool):
+        self.block_size = block_size
+        self.buffers = buffers
+        self.wait_ns = 0
+        # preadv takes a sequence of buffers: wrap each view once here, not per op.
+        self._views = {}
+        for buf in buffers:
+            mv = memoryview(buf)
+            views = [mv[i:i + block_size] for i in range(0, len(buf), block_size)]
+            self._views[id(buf)] = [[v] for v in views] if as_iovec else views
+        self.blocks_per_chunk = len(buffers[0]) // block_size
+
+    def current_chunk(self) -> mmap.mmap:
+        return self.buffers[0]
+
+    def current(self) -> list:
+        return self._views[id(self.current_chunk())]
+
+    def advance(self) -> list:
+        return self.current()
+
+    def close(self) -> None:
+        self._views.clear()
+
+
+class DgenSource(BlockSource):
+    def __init__(self, spec: Spec, worker: int, stream_bytes: int):
+        size = chunk_bytes(spec.block_size)
+        super().__init__([aligned_buffer(size) for _ in range(RING)], spec.block_size, as_iovec=False)
+        self._spec, self._worker, self._stream_bytes, self._pass = spec, worker, stream_bytes, 0
+        self._gen = self._new_generator()
+        self._free: queue.SimpleQueue = queue.SimpleQueue()
+        self._full: queue.SimpleQueue = queue.SimpleQueue()
+        self._current = self.buffers[0]
+        self._fill(self._current)
+        for buf in self.buffers[1:]:
+            self._free.put(buf)
+        self._thread = threading.Thread(target=self._produce, name="dgen", daemon=True)
+        self._thread.start()
+
+    def _new_generator(self):
+        # dgen-py 0.3: a Generator after set_seed()+reset() repeats one unit forever, and seed s+1
+        # yields seed s's stream shifted by one unit. So: a new Generator per pass, with seeds
+        # hashed far apart for every (seed, worker, pass).
+        import dgen_py
+
+        key = f"{self._spec.seed}/{self._worker}/{self._pass}".encode()
+        seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+        return dgen_py.Generator(size=self._stream_bytes, dedup_ratio=self._spec.data.dedup_ratio,
+                                 compress_ratio=self._spec.data.compress_ratio, seed=seed, max_threads=1)
+
+    def _fill(self, buf) -> None:
+        view, done = memoryview(buf), 0
+        while done < len(buf):
+            n = self._gen.fill_chunk(view[done:])
+            if n == 0:  # pass complete: the next pass over the file gets a new stream
+                self._pass += 1
+                self._gen = self._new_generator()
+                continue
+            done += n
+        view.release()
+
+    def _produce(self) -> None:
+        while True:
+            buf = self._free.get()
+            if buf is None:
+                return
+            self._fill(buf)
+            self._full.put(buf)
+
+    def current_chunk(self) -> mmap.mmap:
+        return self._current
+
+    def advance(self) -> list:
+        self._free.put(self._current)
+        t0 = time.perf_counter_ns()
+        self._current = self._full.get()
+        self.wait_ns += time.perf_counter_ns() - t0
+        return self._views[id(self._current)]
+
+    def close(self) -> None:
+        self._free.put(None)
+        self._thread.join(timeout=5)
+        super().close()
+
+
+def write_source(spec: Spec, worker: int) -> BlockSource:
+    if spec.data.kind == "zeros" or spec.engine == "null":
+        return BlockSource([aligned_buffer(chunk_bytes(spec.block_size))], spec.block_size, as_iovec=False)
+    return DgenSource(spec, worker, spec.file_size)
+
+
+def read_source(spec: Spec) -> BlockSource:
+    return BlockSource([aligned_buffer(chunk_bytes(spec.block_size))], spec.block_size, as_iovec=True)

@@ -1,0 +1,144 @@
+"""Latency histograms and the Result a run returns.
+
+The histogram is log-linear (HdrHistogram's layout): values below 2**SUB_BITS ns get a bucket
+each, every power of two above is split into 2**SUB_BITS equal buckets. Relative bucket width is
+at most 1/128, so a percentile read at the bucket midpoint is within 0.4% of the true value.
+Every histogram has the same edges, so workers, repeats and hosts merge by adding counts: no
+averaging of percentiles anywhere.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SUB_BITS = 7
+SUB = 1 << SUB_BITS
+MAX_EXP = 42  # 2**42 ns = 73 minutes; slower ops land in the last bucket
+N_BUCKETS = SUB + (MAX_EXP - SUB_BITS + 1) * SUB
+MIB = 1 << 20
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p999": 99.9}
+
+
+def bucket_index(values_ns: np.ndarray) -> np.ndarray:
+    v = np.maximum(values_ns.astype(np.int64, copy=False), 0)
+    _, exp2 = np.frexp(v.astype(np.float64))  # v = m * 2**exp2, m in [0.5, 1): exact for ints < 2**53
+    e = np.maximum(exp2.astype(np.int64) - 1, SUB_BITS)  # floor(log2 v), at least SUB_BITS
+    shift = e - SUB_BITS
+    idx = np.where(v < SUB, v, SUB + shift * SUB + ((v >> shift) - SUB))
+    return np.minimum(idx, N_BUCKETS - 1)
+
+
+def bucket_bounds(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[low, high) in ns of each bucket index."""
+    idx = np.asarray(idx, dtype=np.int64)
+    shift = np.maximum((idx - SUB) // SUB, 0)
+    low = np.where(idx < SUB, idx, (SUB + (idx - SUB) % SUB) << shift)
+    width = np.where(idx < SUB, 1, 1 << shift)
+    return low, low + width
+
+
+@dataclass
+class LatencyHistogram:
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(N_BUCKETS, dtype=np.int64))
+    total: int = 0
+    sum_ns: int = 0
+    min_ns: int = 0
+    max_ns: int = 0
+
+    def add(self, values_ns: np.ndarray) -> None:
+        if len(values_ns) == 0:
+            return
+        self.counts += np.bincount(bucket_index(values_ns), minlength=N_BUCKETS)
+        lo, hi = int(values_ns.min()), int(values_ns.max())
+        self.min_ns = lo if self.total == 0 else min(self.min_ns, lo)
+        self.max_ns = max(self.max_ns, hi)
+        self.total += len(values_ns)
+        self.sum_ns += int(values_ns.sum())
+
+    def merge(self, other: "LatencyHistogram") -> "LatencyHistogram":
+        if other.total:
+            self.counts += other.counts
+            self.min_ns = other.min_ns if self.total == 0 else min(self.min_ns, other.min_ns)
+            self.max_ns = max(self.max_ns, other.max_ns)
+            self.total += other.total
+            self.sum_ns += other.sum_ns
+        return self
+
+    def percentile(self, q: float) -> float:
+        """Value in ns at percentile q (0-100): midpoint of the bucket holding that rank."""
+        if self.total == 0:
+            return math.nan
+        rank = max(1, math.ceil(q / 100.0 * self.total))
+        idx = int(np.searchsorted(np.cumsum(self.counts), rank))
+        low, high = bucket_bounds(np.array([idx]))
+        mid = (int(low[0]) + int(high[0]) - 1) / 2.0
+        return float(min(max(mid, self.min_ns), self.max_ns))
+
+    @property
+    def mean_ns(self) -> float:
+        return self.sum_ns / self.total if self.total else math.nan
+
+    def to_dict(self) -> dict:
+        nz = np.flatnonzero(self.counts)
+        low, high = bucket_bounds(nz)
+        return {"unit": "ns", "sub_bits": SUB_BITS, "total": self.total, "sum_ns": self.sum_ns,
+                "min_ns": self.min_ns, "max_ns": self.max_ns,
+                "buckets": [[int(a), int(b), int(c)] for a, b, c in zip(low, high, self.counts[nz])]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LatencyHistogram":
+        h = cls(total=d["total"], sum_ns=d["sum_ns"], min_ns=d["min_ns"], max_ns=d["max_ns"])
+        for low, _high, count in d["buckets"]:
+            h.counts[int(bucket_index(np.array([low]))[0])] += count
+        return h
+
+
+@dataclass
+class Result:
+    """What one measured window produced, merged over all workers."""
+
+    elapsed_s: float
+    bytes_read: int
+    bytes_written: int
+    ops_read: int
+    ops_written: int
+    lat_read: LatencyHistogram
+    lat_write: LatencyHistogram
+    io_mode: str  # direct | buffered | direct-ignored | none (null engine)
+    cpu_s: float = 0.0  # user+system seconds of the workers inside the window
+    datagen_wait_s: float = 0.0  # time workers waited for dgen-py, summed
+    warnings: list[str] = field(default_factory=list)
+    timeseries: list[dict] = field(default_factory=list)  # one row per log interval
+    info: dict = field(default_factory=dict)  # where it ran: fs type, scratch dir, files
+
+    @property
+    def latency(self) -> LatencyHistogram:
+        return LatencyHistogram().merge(self.lat_read).merge(self.lat_write)
+
+    def metrics(self) -> dict[str, float]:
+        el = self.elapsed_s
+        total_b = self.bytes_read + self.bytes_written
+        total_ops = self.ops_read + self.ops_written
+        lat = self.latency
+        m = {
+            "throughput_mib_s": total_b / MIB / el if el > 0 else 0.0,
+            "iops": total_ops / el if el > 0 else 0.0,
+            "bytes_total": float(total_b),
+            "ops_total": float(total_ops),
+            "elapsed_s": el,
+            "lat_mean_us": lat.mean_ns / 1e3,
+            "lat_max_us": lat.max_ns / 1e3,
+        }
+        for name, q in PERCENTILES.items():
+            m[f"lat_{name}_us"] = lat.percentile(q) / 1e3
+        if self.bytes_read and self.bytes_written:
+            for kind, b, ops, h in (("read", self.bytes_read, self.ops_read, self.lat_read),
+                                    ("write", self.bytes_written, self.ops_written, self.lat_write)):
+                m[f"{kind}_throughput_mib_s"] = b / MIB / el if el > 0 else 0.0
+                m[f"{kind}_iops"] = ops / el if el > 0 else 0.0
+                m[f"{kind}_lat_p99_us"] = h.percentile(99.0) / 1e3
+        if el > 0:
+            m["cpu_util_pct"] = 100.0 * self.cpu_s / el
+        return m

@@ -1,0 +1,45 @@
+"""Seeded offset and op-mix generators: what each worker does, in what order.
+
+Random patterns visit every block of the file once per pass in a random order (fio's random
+map); past PERMUTATION_LIMIT blocks they draw offsets with replacement (fio norandommap) to
+bound memory. Time-based runs start a new pass when one ends.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from .spec import Spec
+
+CHUNK_OPS = 1 << 16
+PERMUTATION_LIMIT = 1 << 25  # 32 Mi blocks = 256 MiB of int64 indices
+
+
+def worker_rng(spec: Spec, worker: int, stream: int = 0) -> np.random.Generator:
+    return np.random.default_rng([spec.seed, worker, stream])
+
+
+def op_chunks(spec: Spec, worker: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+    """Yield (byte offsets, is_read flags or None) in chunks of at most CHUNK_OPS ops.
+
+    Size-based runs yield one pass over the file; time-based runs (duration_s) never end.
+    """
+    n_blocks = spec.file_size // spec.block_size
+    rng = worker_rng(spec, worker)
+    mix_rng = worker_rng(spec, worker, stream=1)
+    while True:
+        if not spec.random:
+            order = np.arange(n_blocks, dtype=np.int64)
+        elif n_blocks <= PERMUTATION_LIMIT:
+            order = rng.permutation(n_blocks).astype(np.int64)
+        else:
+            order = rng.integers(0, n_blocks, size=n_blocks, dtype=np.int64)
+        for start in range(0, n_blocks, CHUNK_OPS):
+            offsets = order[start:start + CHUNK_OPS] * spec.block_size
+            flags = None
+            if spec.pattern == "mixed":
+                flags = mix_rng.random(len(offsets)) < spec.read_pct / 100.0
+            yield offsets, flags
+        if spec.duration_s is None:
+            return

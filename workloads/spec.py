@@ -1,0 +1,103 @@
+"""What to run, as plain frozen dataclasses, with the range checks the library itself relies on.
+
+The runner builds a Spec from the Hydra config; anything else (a test, an MPI rank, a notebook)
+can build one directly. `Spec.check()` raises ConfigError naming the key the user wrote.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")
+DATA_KINDS = ("dgen", "zeros")
+PAGE = 4096
+MAX_WRITERS = 256  # beyond this a 2..64-core box only measures its scheduler
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    kind: str = "dgen"
+    compress_ratio: int = 1
+    dedup_ratio: int = 1
+
+
+@dataclass(frozen=True)
+class Spec:
+    pattern: str = "seq_write"
+    block_size: int = 1 << 20
+    writers: int = 1
+    size_bytes: int = 256 << 20  # total working set; each writer owns size_bytes // writers
+    duration_s: float | None = None  # time-based over the working set (fio time_based)
+    ramp_s: float = 0.0  # warm-up excluded from the metrics (fio ramp_time)
+    read_pct: int = 100  # share of reads, used by the mixed pattern (fio rwmixread)
+    direct: bool = False
+    direct_fallback: bool = False
+    end_fsync: bool = True  # written data reaches the device inside the window (fio end_fsync)
+    engine: str = "sync"
+    target: str = "local"
+    target_dir: str = "outputs/scratch"
+    data: DataSpec = field(default_factory=DataSpec)
+    seed: int = 0
+    keep_files: bool = False
+    log_interval_s: float = 1.0
+
+    @property
+    def file_size(self) -> int:
+        """Bytes per writer file, rounded down to whole blocks."""
+        per = self.size_bytes // self.writers
+        return per - per % self.block_size
+
+    @property
+    def reads(self) -> bool:
+        return self.pattern in ("seq_read", "rand_read", "mixed")
+
+    @property
+    def writes(self) -> bool:
+        return self.pattern in ("seq_write", "rand_write", "mixed")
+
+    @property
+    def random(self) -> bool:
+        return self.pattern in ("rand_read", "rand_write", "mixed")
+
+    @property
+    def needs_layout(self) -> bool:
+        """Reads and random writes run over files laid out in full beforehand, as fio does."""
+        return self.pattern != "seq_write"
+
+    def check(self) -> "Spec":
+        def positive(key, value, unit=""):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(key, value, f"must be a number > 0{unit}")
+
+        if self.pattern not in PATTERNS:
+            raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(PATTERNS))
+        if self.block_size <= 0 or self.block_size % 1024:
+            raise ConfigError("block_kb", self.block_size / 1024, "must be a whole number of KiB > 0")
+        positive("writers", self.writers)
+        if self.writers > MAX_WRITERS:
+            raise ConfigError("writers", self.writers, f"must be <= {MAX_WRITERS}")
+        positive("size_mb", self.size_bytes)
+        if self.duration_s is not None:
+            positive("duration_s", self.duration_s)
+        if self.ramp_s < 0:
+            raise ConfigError("ramp_s", self.ramp_s, "must be >= 0")
+        if self.duration_s is not None and self.ramp_s >= self.duration_s:
+            raise ConfigError("ramp_s", self.ramp_s, f"must be shorter than duration_s={self.duration_s}")
+        positive("log_interval_s", self.log_interval_s)
+        if not 0 <= self.read_pct <= 100:
+            raise ConfigError("pattern.read_pct", self.read_pct, "must be between 0 and 100")
+        if self.direct and self.block_size % PAGE:
+            raise ConfigError("block_kb", self.block_size // 1024,
+                              "direct=true needs a multiple of 4 KiB (or set direct=false)")
+        if self.file_size < self.block_size:
+            raise ConfigError("size_mb", self.size_bytes >> 20,
+                              f"too small for writers={self.writers} x block_kb={self.block_size >> 10}: "
+                              "each writer needs at least one block")
+        if self.data.kind not in DATA_KINDS:
+            raise ConfigError("data", self.data.kind, "choose one of " + ", ".join(DATA_KINDS))
+        for key in ("compress_ratio", "dedup_ratio"):
+            value = getattr(self.data, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"data.{key}", value, "must be an integer >= 1 (dgen-py takes whole ratios)")
+        return self

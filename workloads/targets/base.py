@@ -1,0 +1,81 @@
+"""The Target contract, its registry, and what the kernel says about where a path lives.
+
+A target owns the place the bytes go: it checks the user's directory, creates a scratch
+directory under a name iosweep owns, says whether O_DIRECT takes effect there, records every
+file the run creates, and removes exactly those files afterwards.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ConfigError
+
+REGISTRY: dict[str, type] = {}
+
+
+def register(cls):
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(name: str):
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise ConfigError("target", name, "choose one of " + ", ".join(sorted(REGISTRY))) from None
+
+
+@dataclass
+class Mount:
+    mountpoint: str
+    fs_type: str
+    source: str
+    options: str
+    dev: str  # major:minor
+
+
+def mount_of(path: str | os.PathLike) -> Mount:
+    """The mount holding `path` (longest mount-point prefix in /proc/self/mountinfo)."""
+    real = os.path.realpath(path)
+    best = None
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            parts, rparts = left.split(), right.split()
+            mp = parts[4].replace("\\040", " ")
+            if (real == mp or real.startswith(mp.rstrip("/") + "/")) and (best is None or len(mp) >= len(best.mountpoint)):
+                best = Mount(mp, rparts[0], rparts[1] if len(rparts) > 1 else "", parts[5], parts[2])
+    return best or Mount("/", "unknown", "", "", "0:0")
+
+
+def block_device(dev: str) -> str | None:
+    """Name of the whole-disk block device behind major:minor (vda for vda1), as psutil names it."""
+    sys_path = Path("/sys/dev/block") / dev
+    if not sys_path.exists():
+        return None
+    real = sys_path.resolve()
+    if (real / "partition").exists():
+        real = real.parent
+    return real.name
+
+
+@dataclass
+class Placement:
+    """Where one run puts its files and what it learned about that place."""
+
+    scratch: Path | None
+    mount: Mount
+    device: str | None
+    io_mode: str
+    files: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def worker_path(self, worker: int) -> Path:
+        return self.scratch / f"job{worker:03d}.dat"
+
+    def info(self) -> dict:
+        return {"scratch_dir": str(self.scratch) if self.scratch else "", "fs_type": self.mount.fs_type,
+                "mountpoint": self.mount.mountpoint, "mount_opts": self.mount.options,
+                "device": self.device or ""}
