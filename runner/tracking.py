@@ -31,7 +31,11 @@ def tracking_uri() -> str:
 
 
 def client():
+    import logging
+
     from mlflow.tracking import MlflowClient  # ~1 s import: only when something is logged
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not the store's table-creation chatter
 
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):

@@ -1,8 +1,7 @@
 """Block buffers for the hot loop: dgen-py data generated ahead by a producer thread, or zeros.
 
 Buffers are anonymous mmaps (page-aligned, as O_DIRECT needs). dgen-py costs ~100-200 us per
-call, so it fills chunks of >= 1 MiB that the hot loop slices into blocks through views built
-once. A producer thread keeps RING chunks ready (fill_chunk releases the GIL), so generation
+call, so it fills chunks of >= 1 MiB that the hot loop writes block by block. A producer thread keeps RING chunks ready (fill_chunk releases the GIL), so generation
 overlaps the I/O; the time the loop still waits for data is counted in `wait_ns`.
 
 dgen-py's ratios hold within one Generator pass of the size it was given, so each worker's
@@ -32,37 +31,29 @@ def aligned_buffer(nbytes: int) -> mmap.mmap:
 
 
 class BlockSource:
-    """Cycles through chunks of block views: `current()`, then `advance()` at every chunk end."""
+    """A ring of chunks for the hot loop: `current_chunk()`, then `advance()` when it is used up.
 
-    def __init__(self, buffers: list[mmap.mmap], block_size: int, as_iovec: bool):
-        self.block_size = block_size
+    The plain source has one chunk that never changes (zeros); DgenSource refills them.
+    """
+
+    def __init__(self, buffers: list[mmap.mmap]):
         self.buffers = buffers
         self.wait_ns = 0
-        # preadv takes a sequence of buffers: wrap each view once here, not per op.
-        self._views = {}
-        for buf in buffers:
-            mv = memoryview(buf)
-            views = [mv[i:i + block_size] for i in range(0, len(buf), block_size)]
-            self._views[id(buf)] = [[v] for v in views] if as_iovec else views
-        self.blocks_per_chunk = len(buffers[0]) // block_size
 
     def current_chunk(self) -> mmap.mmap:
         return self.buffers[0]
 
-    def current(self) -> list:
-        return self._views[id(self.current_chunk())]
-
-    def advance(self) -> list:
-        return self.current()
+    def advance(self) -> mmap.mmap:
+        return self.current_chunk()
 
     def close(self) -> None:
-        self._views.clear()
+        pass
 
 
 class DgenSource(BlockSource):
     def __init__(self, spec: Spec, worker: int, stream_bytes: int):
         size = chunk_bytes(spec.block_size)
-        super().__init__([aligned_buffer(size) for _ in range(RING)], spec.block_size, as_iovec=False)
+        super().__init__([aligned_buffer(size) for _ in range(RING)])
         self._spec, self._worker, self._stream_bytes, self._pass = spec, worker, stream_bytes, 0
         self._gen = self._new_generator()
         self._free: queue.SimpleQueue = queue.SimpleQueue()
@@ -107,24 +98,19 @@ class DgenSource(BlockSource):
     def current_chunk(self) -> mmap.mmap:
         return self._current
 
-    def advance(self) -> list:
+    def advance(self) -> mmap.mmap:
         self._free.put(self._current)
         t0 = time.perf_counter_ns()
         self._current = self._full.get()
         self.wait_ns += time.perf_counter_ns() - t0
-        return self._views[id(self._current)]
+        return self._current
 
     def close(self) -> None:
         self._free.put(None)
         self._thread.join(timeout=5)
-        super().close()
 
 
 def write_source(spec: Spec, worker: int) -> BlockSource:
     if spec.data.kind == "zeros" or spec.engine == "null":
-        return BlockSource([aligned_buffer(chunk_bytes(spec.block_size))], spec.block_size, as_iovec=False)
+        return BlockSource([aligned_buffer(chunk_bytes(spec.block_size))])
     return DgenSource(spec, worker, spec.file_size)
-
-
-def read_source(spec: Spec) -> BlockSource:
-    return BlockSource([aligned_buffer(chunk_bytes(spec.block_size))], spec.block_size, as_iovec=True)

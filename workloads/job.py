@@ -1,10 +1,11 @@
 """Run a Spec: prepare the target, spawn `writers` worker processes, release them together, gather.
 
 Workers are processes started with spawn (threads collapse on cached small I/O under the GIL;
-fork after dgen-py has run can hang). Each prepares its file, buffers and op plan, then waits
-on a barrier, so start-up is never timed. The window runs from the barrier (plus ramp_s) to
-the end of the last worker. The hot loop does one engine call, two clock reads and one array
-store per op; counters for progress are published once per group of ops.
+fork after dgen-py has run can hang). Each prepares its file (layout, cache eviction), buffers
+and op plan, says so, and waits for one start event, so start-up is never timed. Between "all
+prepared" and the start the parent drops caches if asked and reads the device counters. The
+window runs from the start (plus ramp_s) to the end of the last worker. The hot loop does one engine call, two clock reads and one array
+store per op (in C, see _hotloop.c); counters for progress are published once per group of ops.
 
 `worker_loop()` takes a spec, a file and a start signal and returns a plain dict, so an MPI rank
 or a batch task can run it without this module's process management.
@@ -17,14 +18,14 @@ import os
 import queue
 import resource
 import signal
-import threading
 import time
-from array import array
 
 import numpy as np
+import psutil
 
 from . import engines, targets
-from .data import read_source, write_source
+from ._hotloop import run_ops
+from .data import aligned_buffer, write_source
 from .errors import WorkloadError
 from .metrics import MIB, LatencyHistogram, Result
 from .patterns import op_chunks
@@ -82,159 +83,142 @@ def _layout(fd: int, spec: Spec, source) -> None:
     source.wait_ns = 0
 
 
+def _evict(fd: int) -> None:
+    """Drop a file's pages from the page cache (dirty pages were fsynced by the layout)."""
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+class Aborted(Exception):
+    """Another worker failed before the start, or the run was stopped."""
+
+
 def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_start, ops_done=None,
                 stop=None) -> dict:
     """Prepare, wait for `wait_start()`, run the measured loop, return counters and histograms."""
     bs = spec.block_size
-    read_op, write_op = engines.get(spec.engine).ops(bs)
+    mode = engines.get(spec.engine).hot_mode
     fd = -1
     if path is not None:
         fd = os.open(path, os.O_RDWR | (os.O_DIRECT if direct else 0))
     wsrc = write_source(spec, worker) if (spec.writes or (spec.needs_layout and fd >= 0)) else None
-    rsrc = read_source(spec) if spec.reads else None
+    rbuf = aligned_buffer(bs) if spec.reads else None
     try:
         if spec.needs_layout and fd >= 0:
             _layout(fd, spec, wsrc)
+        if fd >= 0 and spec.cache != "warm":
+            _evict(fd)
         hist_r, hist_w = LatencyHistogram(), LatencyHistogram()
-        lat_r, lat_w = array("q", bytes(8 * LAT_CAP)), array("q", bytes(8 * LAT_CAP))
-        n_r = n_w = 0
+        lat_r, lat_w = np.zeros(LAT_CAP, dtype=np.int64), np.zeros(LAT_CAP, dtype=np.int64)
+        n_r = n_w = ops_r = ops_w = wi = 0
+        wchunk = wsrc.current_chunk() if spec.writes else None
+        wper = len(wchunk) // bs if wchunk is not None else 0
         group = max(1, min(GROUP_MAX_OPS, GROUP_BYTES // bs))
-        clock = time.perf_counter_ns  # CLOCK_MONOTONIC: comparable across processes
-        wbufs = wsrc.current() if wsrc else None
-        wper, wi = (len(wbufs), 0) if wbufs else (0, 0)
-        rbuf = rsrc.current()[0] if rsrc else None
-        mixed = spec.pattern == "mixed"
-        uniform_op = read_op if spec.reads else write_op
+        timed = spec.latency
+        clock = time.perf_counter_ns  # CLOCK_MONOTONIC, the clock run_ops reads too
 
         wait_start()
+        if stop is not None and stop.value:
+            raise Aborted()
         t_start = clock()
         ramp_end = t_start + int(spec.ramp_s * 1e9)
         deadline = ramp_end + int(spec.duration_s * 1e9) if spec.duration_s else NEVER
         measuring = spec.ramp_s <= 0
         t_measure, cpu0, wait0 = t_start, _cpu_s(), (wsrc.wait_ns if wsrc else 0)
         total_ops = 0
-        t1 = t_start
+        finished = False
         for offsets, flags in op_chunks(spec, worker):
-            offs = offsets.tolist()
-            flag_list = flags.tolist() if mixed else None
-            for g in range(0, len(offs), group):
-                if mixed:
-                    for off, is_read in zip(offs[g:g + group], flag_list[g:g + group]):
-                        if is_read:
-                            t0 = clock()
-                            r = read_op(fd, rbuf, off)
-                            t1 = clock()
-                            lat_r[n_r] = t1 - t0
-                            n_r += 1
-                            if n_r == LAT_CAP:
-                                hist_r.add(np.frombuffer(lat_r, dtype=np.int64))
-                                n_r = 0
-                        else:
-                            if wi == wper:
-                                wbufs, wi = wsrc.advance(), 0
-                            t0 = clock()
-                            r = write_op(fd, wbufs[wi], off)
-                            t1 = clock()
-                            wi += 1
-                            lat_w[n_w] = t1 - t0
-                            n_w += 1
-                            if n_w == LAT_CAP:
-                                hist_w.add(np.frombuffer(lat_w, dtype=np.int64))
-                                n_w = 0
-                        if r != bs:
-                            raise OSError(errno.EIO, f"short I/O: {r} of {bs} bytes at offset {off}")
-                elif spec.reads:
-                    for off in offs[g:g + group]:
-                        t0 = clock()
-                        r = uniform_op(fd, rbuf, off)
-                        t1 = clock()
-                        if r != bs:
-                            raise OSError(errno.EIO, f"short read: {r} of {bs} bytes at offset {off}")
-                        lat_r[n_r] = t1 - t0
-                        n_r += 1
-                        if n_r == LAT_CAP:
-                            hist_r.add(np.frombuffer(lat_r, dtype=np.int64))
-                            n_r = 0
-                else:
-                    for off in offs[g:g + group]:
-                        if wi == wper:
-                            wbufs, wi = wsrc.advance(), 0
-                        t0 = clock()
-                        r = uniform_op(fd, wbufs[wi], off)
-                        t1 = clock()
-                        wi += 1
-                        if r != bs:
-                            raise OSError(errno.ENOSPC, f"short write: {r} of {bs} bytes at offset {off}")
-                        lat_w[n_w] = t1 - t0
-                        n_w += 1
-                        if n_w == LAT_CAP:
-                            hist_w.add(np.frombuffer(lat_w, dtype=np.int64))
-                            n_w = 0
-                total_ops += min(group, len(offs) - g)
+            flags = flags.view(np.uint8) if flags is not None else None
+            pos = 0
+            while pos < len(offsets):
+                done, wi, n_r, n_w, err, ret = run_ops(fd, mode, offsets, pos, min(group, len(offsets) - pos), flags,
+                                                       wchunk, wi, rbuf, bs, lat_r, n_r, lat_w, n_w, timed)
+                pos += done
+                total_ops += done
+                if err:
+                    raise OSError(err, os.strerror(err)) if err > 0 else \
+                        OSError(errno.ENOSPC if spec.writes else errno.EIO, f"short I/O: {ret} of {bs} bytes")
+                if n_r == LAT_CAP:
+                    ops_r, n_r = ops_r + n_r, _fold(hist_r, lat_r, n_r, timed)
+                if n_w == LAT_CAP:
+                    ops_w, n_w = ops_w + n_w, _fold(hist_w, lat_w, n_w, timed)
+                if wi == wper and wchunk is not None:
+                    wchunk, wi = wsrc.advance(), 0
                 if ops_done is not None:
                     ops_done[worker] = total_ops
+                t1 = clock()
                 if not measuring and t1 >= ramp_end:  # warm-up over: forget what it measured
-                    hist_r, hist_w, n_r, n_w = LatencyHistogram(), LatencyHistogram(), 0, 0
+                    hist_r, hist_w, n_r, n_w, ops_r, ops_w = LatencyHistogram(), LatencyHistogram(), 0, 0, 0, 0
                     measuring, t_measure, cpu0 = True, t1, _cpu_s()
                     wait0 = wsrc.wait_ns if wsrc else 0
                 if t1 >= deadline or (stop is not None and stop.value):
+                    finished = True
                     break
-            else:
-                continue
-            break
-        hist_r.add(np.frombuffer(lat_r, dtype=np.int64, count=n_r))
-        hist_w.add(np.frombuffer(lat_w, dtype=np.int64, count=n_w))
+            if finished:
+                break
+        ops_r, ops_w = ops_r + n_r, ops_w + n_w
+        _fold(hist_r, lat_r, n_r, timed)
+        _fold(hist_w, lat_w, n_w, timed)
         if spec.writes and fd >= 0 and spec.end_fsync:
             os.fsync(fd)  # buffered writes reach the device inside the window (fio end_fsync)
         t_end = clock()
         if not measuring:  # the run ended inside the warm-up: nothing was measured
-            hist_r, hist_w, t_measure = LatencyHistogram(), LatencyHistogram(), t_end
+            hist_r, hist_w, t_measure, ops_r, ops_w = LatencyHistogram(), LatencyHistogram(), t_end, 0, 0
         return {"worker": worker, "t_start": t_start, "t_measure": t_measure, "t_end": t_end,
-                "hist_r": hist_r, "hist_w": hist_w, "cpu_s": _cpu_s() - cpu0, "ops_total": total_ops,
+                "hist_r": hist_r, "hist_w": hist_w, "ops_r": ops_r, "ops_w": ops_w,
+                "cpu_s": _cpu_s() - cpu0, "ops_total": total_ops,
                 "datagen_wait_ns": (wsrc.wait_ns if wsrc else 0) - wait0, "ramp_done": measuring,
                 "stopped": bool(stop is not None and stop.value)}
     finally:
-        for src in (wsrc, rsrc):
-            if src is not None:
-                src.close()
+        if wsrc is not None:
+            wsrc.close()
         if fd >= 0:
             os.close(fd)
 
 
-def _worker_main(spec, worker, path, direct, barrier, ops_done, starts, stop, results):
+def _fold(hist: LatencyHistogram, lat: np.ndarray, n: int, timed: bool) -> int:
+    """Move n buffered latencies into the histogram; returns the new fill level (0)."""
+    if timed and n:
+        hist.add(lat[:n])
+    return 0
+
+
+def _worker_main(spec, worker, path, direct, shared, results):
     """Process entry point: the parent handles Ctrl-C and tells workers through `stop`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = {"worker": worker, "error": None}
 
     def wait_start():
-        barrier.wait()
-        starts[worker] = time.perf_counter_ns()
+        shared.prepared[worker] = 1
+        shared.go.wait()
+        shared.starts[worker] = time.perf_counter_ns()
 
     try:
-        out = worker_loop(spec, worker, path, direct, wait_start, ops_done, stop)
+        out = worker_loop(spec, worker, path, direct, wait_start, shared.ops_done, shared.stop)
         out["error"] = None
-    except threading.BrokenBarrierError:
+    except Aborted:
         out["aborted"] = True
     except OSError as e:
-        barrier.abort()
         out["error"] = {"errno": e.errno, "message": e.strerror or str(e),
-                        "bytes_done": ops_done[worker] * spec.block_size}
+                        "bytes_done": shared.ops_done[worker] * spec.block_size}
     except BaseException as e:  # a bug: report it with its type, the parent raises it
-        barrier.abort()
         out["error"] = {"errno": None, "message": f"{type(e).__name__}: {e}",
-                        "bytes_done": ops_done[worker] * spec.block_size}
+                        "bytes_done": shared.ops_done[worker] * spec.block_size}
     finally:
         results.put(out)
 
 
 class _Sampler:
-    """Per-interval throughput from the workers' published op counters, and the progress calls."""
+    """Per-interval throughput from the workers' published op counters, the machine's CPU, memory
+    and device traffic over the same interval, and the progress calls."""
 
-    def __init__(self, spec: Spec, ops_done, starts, progress):
+    def __init__(self, spec: Spec, ops_done, starts, progress, device: str | None):
         self.spec, self.ops_done, self.starts, self.progress = spec, ops_done, starts, progress
+        self.device = device
         self.t0 = None
         self.rows: list[dict] = []
         self.last_t = self.last_ops = 0
+        self.last_dev = None
         self.next_log = self.next_progress = 0
 
     def poll(self) -> None:
@@ -246,6 +230,8 @@ class _Sampler:
             self.next_log = self.t0 + int(self.spec.log_interval_s * 1e9)
             self.next_progress = self.t0 + 1_000_000_000
             self.last_t = self.t0
+            self.last_dev = device_counters(self.device)
+            psutil.cpu_percent(None)  # starts psutil's interval
         if now < self.next_log and now < self.next_progress:
             return
         ops = sum(self.ops_done)
@@ -253,9 +239,15 @@ class _Sampler:
             dt = (now - self.last_t) / 1e9
             d_ops = ops - self.last_ops
             t_s = (now - self.t0) / 1e9
-            self.rows.append({"t_s": t_s, "mib_s": d_ops * self.spec.block_size / MIB / dt, "iops": d_ops / dt,
-                              "ramp": t_s - dt / 2 < self.spec.ramp_s})  # mostly inside the warm-up
-            self.last_t, self.last_ops = now, ops
+            row = {"t_s": t_s, "mib_s": d_ops * self.spec.block_size / MIB / dt, "iops": d_ops / dt,
+                   "ramp": t_s - dt / 2 < self.spec.ramp_s,  # mostly inside the warm-up
+                   "cpu_pct": psutil.cpu_percent(None), "mem_used_mib": psutil.virtual_memory().used / MIB}
+            dev = device_counters(self.device)
+            if dev and self.last_dev:
+                row["device_read_mib_s"] = (dev[0] - self.last_dev[0]) / MIB / dt
+                row["device_write_mib_s"] = (dev[1] - self.last_dev[1]) / MIB / dt
+            self.rows.append(row)
+            self.last_t, self.last_ops, self.last_dev = now, ops, dev
             self.next_log += int(self.spec.log_interval_s * 1e9)
         if now >= self.next_progress and self.progress is not None:
             rate = self.rows[-1]["mib_s"] if self.rows else 0.0
@@ -263,52 +255,110 @@ class _Sampler:
             self.next_progress += 1_000_000_000
 
 
+class _Shared:
+    """What the parent and its workers share: start protocol, progress counters, stop flag."""
+
+    def __init__(self, ctx, n: int):
+        self.prepared, self.ops_done, self.starts = ctx.RawArray("b", n), ctx.RawArray("q", n), ctx.RawArray("q", n)
+        self.stop = ctx.RawValue("b", 0)
+        self.go = ctx.Event()
+
+
+def device_counters(device: str | None) -> tuple[int, int] | None:
+    if device is None:
+        return None
+    counters = psutil.disk_io_counters(perdisk=True).get(device)
+    return (counters.read_bytes, counters.write_bytes) if counters else None
+
+
+def drop_caches() -> str | None:
+    """Write back and drop the whole page cache. None if done, else why not."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return None
+    except OSError as e:
+        return f"cache=drop: cannot write /proc/sys/vm/drop_caches ({e.strerror}); evicted the run's files only"
+
+
 def _run_workers(spec: Spec, placement, progress) -> Result:
     ctx = mp.get_context("spawn")
     n = spec.writers
-    barrier = ctx.Barrier(n)
-    ops_done, starts = ctx.RawArray("q", n), ctx.RawArray("q", n)
-    stop = ctx.RawValue("b", 0)
+    shared = _Shared(ctx, n)
     results = ctx.Queue()
     direct = placement.io_mode in ("direct", "direct-ignored")
     paths = [str(p) for p in placement.files] or [None] * n
     procs = [ctx.Process(target=_worker_main, name=f"iosweep-worker-{w}", daemon=True,
-                         args=(spec, w, paths[w], direct, barrier, ops_done, starts, stop, results))
+                         args=(spec, w, paths[w], direct, shared, results))
              for w in range(n)]
     for p in procs:
         p.start()
-    sampler = _Sampler(spec, ops_done, starts, progress)
+    sampler = _Sampler(spec, shared.ops_done, shared.starts, progress, placement.device)
     got: dict[int, dict] = {}
+    warnings: list[str] = []
+    dev0 = dev1 = None
     try:
-        while len(got) < n:
-            try:
-                out = results.get(timeout=POLL_S)
-                got[out["worker"]] = out
-                if out.get("error"):
-                    stop.value = 1
-            except queue.Empty:
-                dead = [w for w, p in enumerate(procs) if p.exitcode is not None and w not in got]
-                if dead:
-                    try:  # a worker that exited normally flushed its result first
-                        out = results.get(timeout=1.0)
-                        got[out["worker"]] = out
-                        continue
-                    except queue.Empty:
-                        raise WorkloadError(f"worker {dead[0]} died without a result "
-                                            f"(exit code {procs[dead[0]].exitcode})") from None
-            sampler.poll()
+        _collect(got, procs, results, shared, until=lambda: all(shared.prepared) or len(got) == n)
+        if not any(o.get("error") for o in got.values()):
+            if spec.cache == "drop":
+                why = drop_caches()
+                if why:
+                    warnings.append(why)
+            dev0 = device_counters(placement.device)
+            shared.go.set()
+            _collect(got, procs, results, shared, until=lambda: len(got) == n, sampler=sampler)
+            dev1 = device_counters(placement.device)
     finally:
-        stop.value = 1
-        for p in procs:
-            p.join(timeout=2)
-        for p in procs:
-            if p.is_alive():
-                p.terminate()
-                p.join()
+        shared.stop.value = 1
+        shared.go.set()
+        _reap(procs, results, got)
     errors = [o for o in got.values() if o.get("error")]
     if errors:
         raise WorkloadError(_describe(errors[0]["error"], placement))
-    return _merge(spec, list(got.values()), placement, sampler.rows)
+    result = _merge(spec, list(got.values()), placement, sampler.rows)
+    result.warnings[:0] = warnings
+    if dev0 and dev1:
+        result.device_read_bytes, result.device_write_bytes = dev1[0] - dev0[0], dev1[1] - dev0[1]
+    return result
+
+
+def _collect(got: dict, procs, results, shared, until, sampler=None) -> None:
+    """Gather worker results until `until()` or a worker fails; notice workers that died."""
+    while not until():
+        try:
+            out = results.get(timeout=POLL_S)
+            got[out["worker"]] = out
+            if out.get("error"):
+                shared.stop.value = 1
+                return
+        except queue.Empty:
+            dead = [w for w, p in enumerate(procs) if p.exitcode is not None and w not in got]
+            if dead:
+                try:  # a worker that exited normally flushed its result first
+                    out = results.get(timeout=1.0)
+                    got[out["worker"]] = out
+                    continue
+                except queue.Empty:
+                    raise WorkloadError(f"worker {dead[0]} died without a result "
+                                        f"(exit code {procs[dead[0]].exitcode})") from None
+        if sampler is not None:
+            sampler.poll()
+
+
+def _reap(procs, results, got: dict) -> None:
+    """Let workers finish (reading what they still send, so none blocks on a full pipe), then end them."""
+    deadline = time.monotonic() + 2.0
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        try:
+            out = results.get(timeout=0.05)
+            got.setdefault(out["worker"], out)
+        except queue.Empty:
+            pass
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+        p.join()
 
 
 def _describe(err: dict, placement) -> str:
@@ -325,6 +375,7 @@ def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> R
     for o in outs:
         hist_r.merge(o["hist_r"])
         hist_w.merge(o["hist_w"])
+    ops_r, ops_w = sum(o["ops_r"] for o in outs), sum(o["ops_w"] for o in outs)
     t_measure = min(o["t_measure"] for o in outs)
     t_end = max(o["t_end"] for o in outs)
     warnings = []
@@ -332,8 +383,8 @@ def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> R
         warnings.append(f"the run ended inside ramp_s={spec.ramp_s}: nothing after the warm-up was measured")
     return Result(
         elapsed_s=(t_end - t_measure) / 1e9,
-        bytes_read=hist_r.total * spec.block_size, bytes_written=hist_w.total * spec.block_size,
-        ops_read=hist_r.total, ops_written=hist_w.total, lat_read=hist_r, lat_write=hist_w,
+        bytes_read=ops_r * spec.block_size, bytes_written=ops_w * spec.block_size,
+        ops_read=ops_r, ops_written=ops_w, lat_read=hist_r, lat_write=hist_w,
         io_mode=placement.io_mode, cpu_s=sum(o["cpu_s"] for o in outs),
         datagen_wait_s=sum(o["datagen_wait_ns"] for o in outs) / 1e9,
         warnings=warnings, timeseries=timeseries,

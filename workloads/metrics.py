@@ -109,6 +109,8 @@ class Result:
     io_mode: str  # direct | buffered | direct-ignored | none (null engine)
     cpu_s: float = 0.0  # user+system seconds of the workers inside the window
     datagen_wait_s: float = 0.0  # time workers waited for dgen-py, summed
+    device_read_bytes: int | None = None  # the block device's own counters over the window
+    device_write_bytes: int | None = None
     warnings: list[str] = field(default_factory=list)
     timeseries: list[dict] = field(default_factory=list)  # one row per log interval
     info: dict = field(default_factory=dict)  # where it ran: fs type, scratch dir, files
@@ -140,5 +142,17 @@ class Result:
                 m[f"{kind}_iops"] = ops / el if el > 0 else 0.0
                 m[f"{kind}_lat_p99_us"] = h.percentile(99.0) / 1e3
         if el > 0:
-            m["cpu_util_pct"] = 100.0 * self.cpu_s / el
+            m["cpu_util_pct"] = 100.0 * self.cpu_s / el  # workers' CPU time; 100 = one core busy
+        if self.device_read_bytes is not None:
+            m["device_read_bytes"] = float(self.device_read_bytes)
+            m["device_write_bytes"] = float(self.device_write_bytes)
+            if self.bytes_read:
+                m["cache_served_pct"] = self.cache_served_pct
         return m
+
+    @property
+    def cache_served_pct(self) -> float:
+        """Share of logical read bytes that never reached the device (read-ahead can make it 0)."""
+        if not self.bytes_read or self.device_read_bytes is None:
+            return math.nan
+        return 100.0 * max(0.0, 1.0 - self.device_read_bytes / self.bytes_read)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")
+CACHE_MODES = ("cold", "warm", "drop")
 DATA_KINDS = ("dgen", "zeros")
 PAGE = 4096
 MAX_WRITERS = 256  # beyond this a 2..64-core box only measures its scheduler
@@ -34,6 +35,9 @@ class Spec:
     direct: bool = False
     direct_fallback: bool = False
     end_fsync: bool = True  # written data reaches the device inside the window (fio end_fsync)
+    cache: str = "cold"  # cold: evict laid-out files before the window; warm: keep them cached; drop: also drop_caches
+    repeats: int = 1  # measure the point this many times; metrics merge, throughput gets mean/std/CI
+    latency: bool = True  # record per-op latency (fio disable_lat=0); off only to measure its own cost
     engine: str = "sync"
     target: str = "local"
     target_dir: str = "outputs/scratch"
@@ -82,9 +86,12 @@ class Spec:
             positive("duration_s", self.duration_s)
         if self.ramp_s < 0:
             raise ConfigError("ramp_s", self.ramp_s, "must be >= 0")
-        if self.duration_s is not None and self.ramp_s >= self.duration_s:
-            raise ConfigError("ramp_s", self.ramp_s, f"must be shorter than duration_s={self.duration_s}")
         positive("log_interval_s", self.log_interval_s)
+        if self.cache not in CACHE_MODES:
+            raise ConfigError("cache", self.cache, "choose one of " + ", ".join(CACHE_MODES))
+        positive("repeats", self.repeats)
+        if isinstance(self.repeats, float) or self.repeats > 100:
+            raise ConfigError("repeats", self.repeats, "must be a whole number from 1 to 100")
         if not 0 <= self.read_pct <= 100:
             raise ConfigError("pattern.read_pct", self.read_pct, "must be between 0 and 100")
         if self.direct and self.block_size % PAGE:

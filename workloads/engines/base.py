@@ -1,8 +1,7 @@
 """The Engine contract and its registry, after fio's ioengine_ops.
 
-An in-process engine hands the worker loop two callables, `read(fd, iovec, offset)` and
-`write(fd, buffer, offset)`, each returning the byte count; the loop times them. An external
-engine (fio) runs the whole job itself and returns a Result.
+An in-process engine names how the C hot loop (workloads/_hotloop.c) issues each op: its
+`hot_mode`. An external engine (fio) runs the whole job itself and returns a Result.
 """
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ class Engine:
     does_io = True  # False: no files are created (the null engine measures the harness)
     external = False  # True: run_job() replaces the worker loop
 
-    def ops(self, block_size: int):
-        raise NotImplementedError
+    hot_mode = 0  # in-process engines: 0 = pread/pwrite, 1 = no I/O
 
     def run_job(self, spec, target, placement, progress):
         raise NotImplementedError

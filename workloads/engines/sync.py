@@ -1,7 +1,5 @@
-"""Synchronous positional I/O: one os.preadv / os.pwrite per op, like fio's psync."""
+"""Synchronous positional I/O: one pread / pwrite per op, like fio's psync."""
 from __future__ import annotations
-
-import os
 
 from .base import Engine, register
 
@@ -9,6 +7,4 @@ from .base import Engine, register
 @register
 class SyncEngine(Engine):
     name = "sync"
-
-    def ops(self, block_size: int):
-        return os.preadv, os.pwrite
+    hot_mode = 0  # run_ops: pread/pwrite
