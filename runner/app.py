@@ -17,9 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 import workloads
 from workloads import ConfigError, DataSpec, Result, Spec, WorkloadError
 
-from . import console, tracking
+from . import console, host, tracking
 
-GROUPS = ("target", "pattern", "engine", "data", "experiment")
+GROUPS = ("target", "pattern", "engine", "data", "point", "experiment")
 _UID = f"{os.getpid()}"
 
 
@@ -45,9 +45,10 @@ def to_spec(cfg: DictConfig) -> Spec:
         block_size=cfg.block_kb * 1024, writers=cfg.writers, size_bytes=cfg.size_mb << 20,
         duration_s=cfg.duration_s, ramp_s=cfg.ramp_s, direct=cfg.direct,
         direct_fallback=cfg.direct_fallback, end_fsync=cfg.end_fsync,
-        engine=cfg.engine.name, target=cfg.target.name, target_dir=cfg.target.dir,
+        engine=cfg.engine.name, ioengine=cfg.engine.ioengine, target=cfg.target.name, target_dir=cfg.target.dir,
         data=DataSpec(cfg.data.name, cfg.data.compress_ratio, cfg.data.dedup_ratio),
         seed=cfg.seed, keep_files=cfg.keep_files, log_interval_s=cfg.log_interval_s,
+        cache=cfg.cache, repeats=cfg.repeats, latency=cfg.latency,
     ).check()
 
 
@@ -82,40 +83,64 @@ def run_point(cfg: DictConfig) -> dict:
     (run_dir / "config.yaml").write_text(tracking.resolved_yaml(cfg))
     record = _record(cfg, hc, result, overrides)
     (run_dir / "result.json").write_text(json.dumps(record, indent=1))  # before MLflow: never lost
+    artifacts = [(run_dir / "config.yaml", None), (run_dir / "result.json", None), (run_dir / ".hydra", ".hydra")]
+    artifacts += _latency_artifacts(result, run_dir)
+    for name, text in result.attachments.items():  # e.g. fio's job file and JSON output
+        (run_dir / name).write_text(text)
+        artifacts.append((run_dir / name, "engine"))
+    print(console.result_table(result), flush=True)
     run_id = tracking.log_run(
         name=run_name(cfg), params=params_of(cfg, hc), metrics=record["metrics"], tags=record["tags"],
-        step_metrics=_step_metrics(result, start_ms), start_ms=start_ms,
-        artifacts=[(run_dir / "config.yaml", None), (run_dir / "result.json", None), (run_dir / ".hydra", ".hydra")],
+        step_metrics=_step_metrics(result, start_ms), start_ms=start_ms, artifacts=artifacts,
         parent_id=tracking.parent_run_id() if multirun else None,
     )
-    print(console.result_table(result))
     print(f"  mlflow run {run_id}  ({tracking.tracking_uri()})", flush=True)
-    return {"status": "FINISHED", "run_id": run_id, "metrics": record["metrics"], "error": None}
+    return {"status": "FINISHED", "run_id": run_id, "metrics": record["metrics"], "error": None, "valid": result.valid}
 
 
 def _record(cfg: DictConfig, hc, result: Result, overrides: list[str]) -> dict:
     tags = {
         "iosweep.io_mode": result.io_mode,
+        "iosweep.valid": str(result.valid).lower(),
         "iosweep.warnings": "\n".join(result.warnings),
         "iosweep.overrides": " ".join(overrides),
         "iosweep.run_dir": str(Path(hc.runtime.output_dir).absolute()),
-        "target.fs_type": result.info.get("fs_type", ""),
-        "target.device": result.info.get("device", ""),
+        **host.host_tags(), **host.target_tags(result.info),
     }
+    if os.environ.get(tracking.REPRODUCED_ENV):
+        tags["iosweep.reproduced_from"] = os.environ[tracking.REPRODUCED_ENV]
     return {
-        "status": "FINISHED", "overrides": overrides, "metrics": result.metrics(), "tags": tags,
+        "status": "FINISHED", "overrides": overrides, "metrics": result.metrics(), "tags": tags, "valid": result.valid,
         "warnings": result.warnings, "info": result.info, "timeseries": result.timeseries,
         "latency_read": result.lat_read.to_dict(), "latency_write": result.lat_write.to_dict(),
     }
+
+
+# time-series row field -> MLflow step metric; system/* are the names MLflow's System Metrics tab shows
+STEP_METRICS = {"mib_s": "interval_throughput_mib_s", "iops": "interval_iops",
+                "device_read_mib_s": "interval_device_read_mib_s", "device_write_mib_s": "interval_device_write_mib_s",
+                "cpu_pct": "system/cpu_utilization_percentage", "mem_used_mib": "system/system_memory_usage_megabytes"}
 
 
 def _step_metrics(result: Result, start_ms: int) -> list[tuple[str, float, int, int]]:
     out = []
     for step, row in enumerate(result.timeseries, start=1):
         ts = start_ms + int(row["t_s"] * 1000)
-        out.append(("interval_throughput_mib_s", row["mib_s"], ts, step))
-        out.append(("interval_iops", row["iops"], ts, step))
+        out += [(name, row[field], ts, step) for field, name in STEP_METRICS.items() if field in row]
     return out
+
+
+def _latency_artifacts(result: Result, run_dir: Path) -> list[tuple[Path, str]]:
+    """The merged latency histograms as JSON, and a PNG of them."""
+    from . import plots
+
+    if not result.latency.total:
+        return []
+    hist_json = run_dir / "latency_histogram.json"
+    hist_json.write_text(json.dumps({"read": result.lat_read.to_dict(), "write": result.lat_write.to_dict()}))
+    png = run_dir / "latency.png"
+    plots.latency_png(result.lat_read, result.lat_write, png)
+    return [(hist_json, "latency"), (png, "latency")]
 
 
 def _failed(cfg: DictConfig, hc, message: str, start_ms: int, multirun: bool, run_dir: Path, measured: bool) -> dict:
@@ -124,7 +149,7 @@ def _failed(cfg: DictConfig, hc, message: str, start_ms: int, multirun: bool, ru
     if multirun or measured:
         run_id = tracking.log_run(
             name=run_name(cfg), params=params_of(cfg, hc), metrics={},
-            tags={"iosweep.error": message, "iosweep.overrides": " ".join(hc.overrides.task)},
+            tags={"iosweep.error": message, "iosweep.overrides": " ".join(hc.overrides.task), **host.host_tags()},
             status="FAILED", start_ms=start_ms,
             artifacts=[(run_dir / ".hydra", ".hydra")],
             parent_id=tracking.parent_run_id() if multirun else None,
@@ -132,4 +157,4 @@ def _failed(cfg: DictConfig, hc, message: str, start_ms: int, multirun: bool, ru
     if not multirun:
         console.fail(message)
     print(f"iosweep: point failed: {message}", flush=True)
-    return {"status": "FAILED", "run_id": run_id, "metrics": {}, "error": message}
+    return {"status": "FAILED", "run_id": run_id, "metrics": {}, "error": message, "valid": False}

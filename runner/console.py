@@ -62,6 +62,20 @@ def result_table(result: Result) -> str:
                      f"{'write':>6} {m['write_throughput_mib_s']:10.1f} MiB/s")
     lines.append("  latency us   " + "  ".join(
         f"{k} {m[f'lat_{k}_us']:.1f}" for k in ("p50", "p90", "p99", "p999", "max")))
+    if "throughput_mib_s_std" in m:
+        lines.append(f"  repeats {m['repeats']:.0f}: mean {m['throughput_mib_s']:.1f} MiB/s, std "
+                     f"{m['throughput_mib_s_std']:.1f}, 95% CI [{m['throughput_mib_s_ci95_low']:.1f}, "
+                     f"{m['throughput_mib_s_ci95_high']:.1f}]")
+    if "device_read_bytes" in m:
+        lines.append(f"  device {info.get('device')}: read {m['device_read_bytes'] / MIB:.0f} MiB, "
+                     f"wrote {m['device_write_bytes'] / MIB:.0f} MiB"
+                     + (f", {m['cache_served_pct']:.0f}% of reads from page cache" if "cache_served_pct" in m else ""))
+    if "data_compress_ratio_measured" in m:
+        lines.append(f"  data measured: compress {m['data_compress_ratio_measured']:.2f}:1, dedup "
+                     f"{m['data_dedup_ratio_measured_1mib']:.2f}:1 (1 MiB units), "
+                     f"{m['data_dedup_ratio_measured']:.2f}:1 (4 KiB blocks)")
     for w in result.warnings:
         lines.append(f"  WARNING: {w}")
+    if not result.valid:
+        lines.append("  NOT STORAGE TRUTH: valid=false, these figures do not measure the storage (see warnings)")
     return "\n".join(lines)

@@ -26,6 +26,7 @@ class PatternConf:
 @dataclass
 class EngineConf:
     name: str = "sync"
+    ioengine: Optional[str] = None  # engine=fio only: fio's ioengine; null for iosweep's own engines
 
 
 @dataclass
@@ -49,7 +50,11 @@ class IosweepConfig:
     direct: bool = False
     direct_fallback: bool = False
     end_fsync: bool = True
+    cache: str = "cold"
+    repeats: int = 1
+    latency: bool = True
     seed: int = 0
+    trial: int = 0
     keep_files: bool = False
     log_interval_s: float = 1.0
 

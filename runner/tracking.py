@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 EXPERIMENT = "iosweep"
 PARENT_ENV = "IOSWEEP_PARENT_RUN_ID"
+REPRODUCED_ENV = "IOSWEEP_REPRODUCED_FROM"  # set by runner.reproduce: tags the new run(s)
 OUTPUTS = Path("outputs")
 MAX_PARAMS, MAX_METRICS, MAX_TAGS = 100, 1000, 100  # MLflow's log_batch limits per call
 
@@ -125,43 +126,87 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         overrides = " ".join(config.hydra.overrides.task) or "(defaults)"
+        tags = {"mlflow.runName": f"sweep {overrides}", "iosweep.sweep": "true",
+                "iosweep.overrides": " ".join(config.hydra.overrides.task),
+                "iosweep.sweep_dir": str(Path(config.hydra.sweep.dir).absolute())}
+        if os.environ.get(REPRODUCED_ENV):
+            tags["iosweep.reproduced_from"] = os.environ[REPRODUCED_ENV]
+        from .host import host_tags
+
+        tags.update(host_tags())
         c = client()
-        run = c.create_run(experiment_id(c), tags={"mlflow.runName": f"sweep {overrides}",
-                                                   "iosweep.sweep": "true",
-                                                   "iosweep.sweep_dir": str(Path(config.hydra.sweep.dir).absolute())},
-                           run_name=f"sweep {overrides}")
+        run = c.create_run(experiment_id(c), tags=tags, run_name=f"sweep {overrides}")
         self.parent_id = run.info.run_id
+        self.sweep_dir = Path(config.hydra.sweep.dir)
         os.environ[PARENT_ENV] = self.parent_id
-        atexit.register(self._close, "FAILED")
+        atexit.register(self._finish)  # Hydra skips on_multirun_end when a job raised
 
     def on_job_end(self, config: DictConfig, job_return, **kwargs) -> None:
         value = job_return.return_value if job_return.status.name == "COMPLETED" else None
         if not isinstance(value, dict):
-            value = {"status": "FAILED", "error": "job raised: see the traceback above", "run_id": None}
+            value = {"status": "FAILED", "error": f"job raised {job_return._return_value!r}"[:300],
+                     "run_id": None, "metrics": {}}
         value["overrides"] = list(job_return.overrides or [])
         self.points.append(value)
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        failed = [p for p in self.points if p["status"] != "FINISHED"]
-        self._close("FAILED" if failed else "FINISHED")
+        failed = self._finish()
         if failed:
+            first = failed[0]
             print(f"iosweep: {len(failed)} of {len(self.points)} points failed; first: "
-                  f"{' '.join(failed[0]['overrides'])}: {failed[0]['error']}", file=sys.stderr)
+                  f"{' '.join(first['overrides'])}: {first['error']}", file=sys.stderr)
             sys.exit(1)
 
-    def _close(self, status: str) -> None:
+    def _finish(self) -> list[dict]:
+        """Summarise the sweep on the terminal and on its parent run, then close the parent."""
         if self.parent_id is None:
-            return
-        from mlflow.entities import Metric
+            return []
+        from mlflow.entities import Metric, RunTag
+
+        from . import summary
 
         parent, self.parent_id = self.parent_id, None
         os.environ.pop(PARENT_ENV, None)
+        failed = [p for p in self.points if p["status"] != "FINISHED"]
+        axes, table = summary.rows(self.points)
+        self.sweep_dir.mkdir(parents=True, exist_ok=True)
+        notes = summary.findings(axes, table, self.points)
+        md = summary.markdown_table(axes, table)
+        ratios = summary.engine_ratios(self.points)
+        text = (f"# Sweep {parent}\n\n{md}\n\n## Findings\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+                + (f"\n## Throughput relative to fio (goal >= 0.95)\n\n{summary.ratio_table(ratios)}" if ratios else ""))
+        (self.sweep_dir / "summary.md").write_text(text)
+        summary.write_csv(self.sweep_dir / "summary.csv", axes, table)
+        print("\n" + md + "\n\n" + "\n".join(f"  * {n}" for n in notes), flush=True)
+        if ratios:
+            print("\niosweep: throughput relative to fio at the same point (goal >= 0.95)\n"
+                  + summary.ratio_table(ratios), flush=True)
+        try:
+            pngs = summary.plots(axes, table, self.sweep_dir)
+        except Exception as e:  # a plot must never cost the sweep its summary
+            pngs = []
+            notes.append(f"plots failed: {e}")
         c = client()
         now = int(time.time() * 1000)
-        failed = sum(p["status"] != "FINISHED" for p in self.points)
-        c.log_batch(parent, metrics=[Metric("points_total", len(self.points), now, 0),
-                                     Metric("points_failed", failed, now, 0)])
-        c.set_terminated(parent, status)
+        metrics = {"points_total": len(self.points), "points_failed": len(failed)}
+        best = summary.best_point(table)
+        tags = []
+        if best:
+            metrics["best_throughput_mib_s"] = best["throughput_mib_s"]
+            metrics["best_iops"] = best["iops"]
+            tags.append(RunTag("iosweep.best_point", " ".join(f"{a}={best[a]}" for a in axes)))
+            tags.append(RunTag("iosweep.best_run_id", best["run_id"]))
+        metrics |= {summary.metric_key(f"ratio_vs_fio/{r['engine']}/{r['point']}"): r["ratio"] for r in ratios}
+        if ratios:
+            metrics["ratio_vs_fio_min"] = min(r["ratio"] for r in ratios)
+        items = [Metric(k, float(v), now, 0) for k, v in metrics.items()]
+        for batch in _chunks(items, MAX_METRICS):
+            c.log_batch(parent, metrics=batch, tags=tags)
+            tags = []
+        for path in [self.sweep_dir / "summary.md", self.sweep_dir / "summary.csv", *pngs]:
+            c.log_artifact(parent, str(path))
+        c.set_terminated(parent, "FAILED" if failed else "FINISHED")
+        return failed
 
 
 def parent_run_id() -> str | None:

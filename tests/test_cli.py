@@ -1,5 +1,7 @@
 """End to end: the CLI in a fresh directory, as a user runs it, and what landed in MLflow."""
 import json
+
+import pytest
 from pathlib import Path
 
 from conftest import mlflow_runs, run_cli
@@ -66,4 +68,43 @@ def test_engine_null_and_progress_lines_when_not_a_tty(tmp_path):
     assert len(progress) >= 1 and "\r" not in p.stdout
     _, runs = mlflow_runs(tmp_path)
     assert runs[0].data.tags["iosweep.io_mode"] == "none" and runs[0].data.params["engine"] == "null"
-    assert len([s for s in runs[0].data.metrics if s.startswith("interval_")]) == 2
+    assert {"interval_throughput_mib_s", "interval_iops"} <= set(runs[0].data.metrics)
+
+
+def test_run_holds_time_series_verdict_and_latency_artifacts(tmp_path):
+    p = run_cli(tmp_path, "pattern=rand_read", "block_kb=64", "size_mb=32", "duration_s=2.5", "log_interval_s=0.5")
+    assert p.returncode == 0, p.stderr
+    client, runs = mlflow_runs(tmp_path)
+    run = runs[0]
+    assert run.data.tags["iosweep.valid"] in ("true", "false") and "iosweep.warnings" in run.data.tags
+    history = client.get_metric_history(run.info.run_id, "interval_throughput_mib_s")
+    assert len(history) >= 4 and [h.step for h in history] == list(range(1, len(history) + 1))
+    assert all(h.value > 0 for h in history)
+    assert len(client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")) == len(history)
+    assert "device_read_bytes" in run.data.metrics and "cache_served_pct" in run.data.metrics
+    latency = {Path(a.path).name for a in client.list_artifacts(run.info.run_id, "latency")}
+    assert latency == {"latency.png", "latency_histogram.json"}
+
+
+def test_warm_run_says_so_on_the_terminal(tmp_path):
+    p = run_cli(tmp_path, "point=rand_read_4k_warm", "size_mb=16")
+    assert p.returncode == 0, p.stderr
+    assert "cache=warm" in p.stdout and "NOT STORAGE TRUTH" in p.stdout
+    _, runs = mlflow_runs(tmp_path)
+    assert runs[0].data.tags["iosweep.valid"] == "false"
+
+
+def test_engine_sweep_against_fio_logs_ratios_on_the_parent(tmp_path):
+    p = run_cli(tmp_path, "-m", "point=rand_read_4k_direct", "engine=sync,fio", "duration_s=1", "size_mb=16")
+    assert p.returncode == 0, p.stderr
+    assert "relative to fio" in p.stdout
+    client, runs = mlflow_runs(tmp_path)
+    parent = next(r for r in runs if r.data.tags.get("iosweep.sweep") == "true")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    by_engine = {c.data.params["engine"]: c.data.metrics["throughput_mib_s"] for c in children}
+    assert set(by_engine) == {"sync", "fio"}
+    ratio = parent.data.metrics["ratio_vs_fio_min"]
+    assert ratio == pytest.approx(by_engine["sync"] / by_engine["fio"])
+    assert "engine_vs_fio.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    fio_child = next(c for c in children if c.data.params["engine"] == "fio")
+    assert {"fio_job.fio", "fio_output.json"} <= {Path(a.path).name for a in client.list_artifacts(fio_child.info.run_id, "engine")}

@@ -25,9 +25,10 @@ import psutil
 
 from . import engines, targets
 from ._hotloop import run_ops
-from .data import aligned_buffer, write_source
+from .data import aligned_buffer, measure_ratios, write_source
 from .errors import WorkloadError
-from .metrics import MIB, LatencyHistogram, Result
+from .judge import judge
+from .metrics import MIB, LatencyHistogram, Result, combine
 from .patterns import op_chunks
 from .spec import Spec
 
@@ -39,10 +40,21 @@ NEVER = 1 << 62
 
 
 def run(spec: Spec, progress=None) -> Result:
-    """Run one measured point. `progress(elapsed_s, bytes_done, mib_s)` is called about once a second."""
+    """Run one measured point (`repeats` times). `progress(elapsed_s, bytes_done, mib_s)` is called
+    about once a second. Raises ConfigError for bad input (before any I/O), WorkloadError for I/O."""
     spec.check()
     engine = engines.get(spec.engine)
     engine.check(spec)
+    results = [_run_once(spec, engine, progress) for _ in range(spec.repeats)]
+    result = results[0] if len(results) == 1 else combine(results)
+    result.data_measured = measure_ratios(spec)
+    valid, verdicts = judge(spec, result)
+    result.valid = valid
+    result.warnings = verdicts + [w for w in result.warnings if w not in verdicts]
+    return result
+
+
+def _run_once(spec: Spec, engine, progress) -> Result:
     target = targets.get(spec.target)(spec, engine.does_io)
     placement = target.prepare()
     try:
@@ -89,24 +101,68 @@ def _evict(fd: int) -> None:
     os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
+def prepare_files(spec: Spec, placement) -> list[str]:
+    """Lay out and evict every file, drop caches if asked, let the device settle: the same for
+    every engine, so iosweep's loop and fio start from the same state. Returns warnings."""
+    direct = placement.io_mode in ("direct", "direct-ignored")
+    for worker, path in enumerate(placement.files):
+        fd = os.open(path, os.O_RDWR | (os.O_DIRECT if direct else 0))
+        try:
+            if spec.needs_layout:
+                source = write_source(spec, worker)
+                try:
+                    _layout(fd, spec, source)
+                finally:
+                    source.close()
+            if spec.cache != "warm":
+                _evict(fd)
+        finally:
+            os.close(fd)
+    warnings = []
+    if spec.cache == "drop":
+        why = drop_caches()
+        if why:
+            warnings.append(why)
+    if spec.needs_layout:
+        settle(placement.device)
+    return warnings
+
+
+def settle(device: str | None, limit_s: float = 5.0) -> None:
+    """Wait until the device has written nothing for 0.3 s (at most limit_s): layout writeback
+    must not spill into the measured window."""
+    os.sync()
+    last, deadline = device_counters(device), time.monotonic() + limit_s
+    while last is not None and time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = device_counters(device)
+        if now[1] == last[1]:
+            return
+        last = now
+
+
 class Aborted(Exception):
     """Another worker failed before the start, or the run was stopped."""
 
 
 def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_start, ops_done=None,
-                stop=None) -> dict:
-    """Prepare, wait for `wait_start()`, run the measured loop, return counters and histograms."""
+                stop=None, prepared: bool = False) -> dict:
+    """Prepare (unless `prepared`: the caller laid out and evicted the file), wait for
+    `wait_start()`, run the measured loop, return counters and histograms."""
     bs = spec.block_size
     mode = engines.get(spec.engine).hot_mode
     fd = -1
     if path is not None:
         fd = os.open(path, os.O_RDWR | (os.O_DIRECT if direct else 0))
-    wsrc = write_source(spec, worker) if (spec.writes or (spec.needs_layout and fd >= 0)) else None
+    lay_out = spec.needs_layout and fd >= 0 and not prepared
+    # the layout is the data stream's first pass; the measured writes continue after it
+    wsrc = write_source(spec, worker, first_pass=int(spec.needs_layout and prepared)) \
+        if (spec.writes or lay_out) else None
     rbuf = aligned_buffer(bs) if spec.reads else None
     try:
-        if spec.needs_layout and fd >= 0:
+        if lay_out:
             _layout(fd, spec, wsrc)
-        if fd >= 0 and spec.cache != "warm":
+        if fd >= 0 and spec.cache != "warm" and not prepared:
             _evict(fd)
         hist_r, hist_w = LatencyHistogram(), LatencyHistogram()
         lat_r, lat_w = np.zeros(LAT_CAP, dtype=np.int64), np.zeros(LAT_CAP, dtype=np.int64)
@@ -194,7 +250,7 @@ def _worker_main(spec, worker, path, direct, shared, results):
         shared.starts[worker] = time.perf_counter_ns()
 
     try:
-        out = worker_loop(spec, worker, path, direct, wait_start, shared.ops_done, shared.stop)
+        out = worker_loop(spec, worker, path, direct, wait_start, shared.ops_done, shared.stop, prepared=True)
         out["error"] = None
     except Aborted:
         out["aborted"] = True
@@ -283,6 +339,7 @@ def drop_caches() -> str | None:
 
 
 def _run_workers(spec: Spec, placement, progress) -> Result:
+    warnings = prepare_files(spec, placement) if placement.files else []
     ctx = mp.get_context("spawn")
     n = spec.writers
     shared = _Shared(ctx, n)
@@ -296,15 +353,10 @@ def _run_workers(spec: Spec, placement, progress) -> Result:
         p.start()
     sampler = _Sampler(spec, shared.ops_done, shared.starts, progress, placement.device)
     got: dict[int, dict] = {}
-    warnings: list[str] = []
     dev0 = dev1 = None
     try:
         _collect(got, procs, results, shared, until=lambda: all(shared.prepared) or len(got) == n)
         if not any(o.get("error") for o in got.values()):
-            if spec.cache == "drop":
-                why = drop_caches()
-                if why:
-                    warnings.append(why)
             dev0 = device_counters(placement.device)
             shared.go.set()
             _collect(got, procs, results, shared, until=lambda: len(got) == n, sampler=sampler)
@@ -378,15 +430,12 @@ def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> R
     ops_r, ops_w = sum(o["ops_r"] for o in outs), sum(o["ops_w"] for o in outs)
     t_measure = min(o["t_measure"] for o in outs)
     t_end = max(o["t_end"] for o in outs)
-    warnings = []
-    if not all(o["ramp_done"] for o in outs):
-        warnings.append(f"the run ended inside ramp_s={spec.ramp_s}: nothing after the warm-up was measured")
     return Result(
         elapsed_s=(t_end - t_measure) / 1e9,
         bytes_read=ops_r * spec.block_size, bytes_written=ops_w * spec.block_size,
         ops_read=ops_r, ops_written=ops_w, lat_read=hist_r, lat_write=hist_w,
         io_mode=placement.io_mode, cpu_s=sum(o["cpu_s"] for o in outs),
         datagen_wait_s=sum(o["datagen_wait_ns"] for o in outs) / 1e9,
-        warnings=warnings, timeseries=timeseries,
-        info={"stopped": any(o.get("stopped") for o in outs)},
+        timeseries=timeseries,
+        info={"stopped": any(o.get("stopped") for o in outs), "ramp_done": all(o["ramp_done"] for o in outs)},
     )

@@ -57,6 +57,12 @@ class LatencyHistogram:
         self.total += len(values_ns)
         self.sum_ns += int(values_ns.sum())
 
+    def add_counts(self, values_ns: np.ndarray, counts: np.ndarray) -> None:
+        """Add pre-binned values (another tool's histogram): `counts[i]` ops of `values_ns[i]`."""
+        self.counts += np.bincount(bucket_index(values_ns), weights=counts, minlength=N_BUCKETS).astype(np.int64)
+        self.total += int(counts.sum())
+        self.sum_ns += int((values_ns * counts).sum())
+
     def merge(self, other: "LatencyHistogram") -> "LatencyHistogram":
         if other.total:
             self.counts += other.counts
@@ -95,6 +101,53 @@ class LatencyHistogram:
         return h
 
 
+# two-sided 95% Student t critical values by degrees of freedom (numpy has no t distribution)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+       20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t95(df: int) -> float:
+    return T95[max(k for k in T95 if k <= df)]
+
+
+def repeat_stats(values: list[float]) -> dict[str, float]:
+    """Mean, sample stddev and 95% confidence interval of the mean over repeats."""
+    v = np.asarray(values, dtype=float)
+    mean, std = float(v.mean()), float(v.std(ddof=1))
+    half = t95(len(v) - 1) * std / math.sqrt(len(v))
+    return {"throughput_mib_s": mean, "throughput_mib_s_std": std, "throughput_mib_s_ci95_low": mean - half,
+            "throughput_mib_s_ci95_high": mean + half, "repeats": float(len(v))}
+
+
+def combine(results: list["Result"]) -> "Result":
+    """Merge repeats of one point: counters add, histograms merge exactly, windows add up."""
+    first = results[0]
+    out = Result(elapsed_s=0.0, bytes_read=0, bytes_written=0, ops_read=0, ops_written=0,
+                 lat_read=LatencyHistogram(), lat_write=LatencyHistogram(), io_mode=first.io_mode,
+                 info=dict(first.info), attachments=dict(first.attachments))
+    dev = all(r.device_read_bytes is not None for r in results)
+    out.device_read_bytes = 0 if dev else None
+    out.device_write_bytes = 0 if dev else None
+    for i, r in enumerate(results):
+        out.elapsed_s += r.elapsed_s
+        out.bytes_read += r.bytes_read
+        out.bytes_written += r.bytes_written
+        out.ops_read += r.ops_read
+        out.ops_written += r.ops_written
+        out.lat_read.merge(r.lat_read)
+        out.lat_write.merge(r.lat_write)
+        out.cpu_s += r.cpu_s
+        out.datagen_wait_s += r.datagen_wait_s
+        if dev:
+            out.device_read_bytes += r.device_read_bytes
+            out.device_write_bytes += r.device_write_bytes
+        out.warnings += [w for w in r.warnings if w not in out.warnings]
+        out.timeseries += [dict(row, repeat=i) for row in r.timeseries]
+        out.repeat_throughputs.append((r.bytes_read + r.bytes_written) / MIB / r.elapsed_s if r.elapsed_s else 0.0)
+    return out
+
+
 @dataclass
 class Result:
     """What one measured window produced, merged over all workers."""
@@ -114,6 +167,10 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     timeseries: list[dict] = field(default_factory=list)  # one row per log interval
     info: dict = field(default_factory=dict)  # where it ran: fs type, scratch dir, files
+    valid: bool = True  # False: the figures do not measure the storage (see warnings)
+    repeat_throughputs: list[float] = field(default_factory=list)  # MiB/s of each repeat
+    data_measured: dict = field(default_factory=dict)  # ratios measured in the bytes written
+    attachments: dict = field(default_factory=dict)  # name -> text, e.g. an external engine's job file
 
     @property
     def latency(self) -> LatencyHistogram:
@@ -143,6 +200,9 @@ class Result:
                 m[f"{kind}_lat_p99_us"] = h.percentile(99.0) / 1e3
         if el > 0:
             m["cpu_util_pct"] = 100.0 * self.cpu_s / el  # workers' CPU time; 100 = one core busy
+        if len(self.repeat_throughputs) > 1:
+            m.update(repeat_stats(self.repeat_throughputs))
+        m.update(self.data_measured)
         if self.device_read_bytes is not None:
             m["device_read_bytes"] = float(self.device_read_bytes)
             m["device_write_bytes"] = float(self.device_write_bytes)

@@ -39,6 +39,7 @@ class Spec:
     repeats: int = 1  # measure the point this many times; metrics merge, throughput gets mean/std/CI
     latency: bool = True  # record per-op latency (fio disable_lat=0); off only to measure its own cost
     engine: str = "sync"
+    ioengine: str | None = None  # engine=fio only: fio's ioengine (psync by default)
     target: str = "local"
     target_dir: str = "outputs/scratch"
     data: DataSpec = field(default_factory=DataSpec)

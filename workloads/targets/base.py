@@ -73,7 +73,7 @@ class Placement:
     warnings: list[str] = field(default_factory=list)
 
     def worker_path(self, worker: int) -> Path:
-        return self.scratch / f"job{worker:03d}.dat"
+        return self.scratch / f"job{worker}.dat"  # fio's filename_format=job$jobnum.dat names the same
 
     def info(self) -> dict:
         return {"scratch_dir": str(self.scratch) if self.scratch else "", "fs_type": self.mount.fs_type,

@@ -1,0 +1,131 @@
+"""Issue 3: page cache vs device truth, the verdict on every run, repeats, measured data, fio."""
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from workloads import ConfigError, DataSpec, Spec, run
+from workloads.engines import fio as fio_engine
+from workloads.targets import block_device, mount_of
+
+MIB = 1 << 20
+HAS_DEVICE = lambda p: block_device(mount_of(p).dev) is not None  # noqa: E731
+
+
+def spec(tmp_path, **kw):
+    base = dict(block_size=1 << 20, writers=1, size_bytes=256 * MIB, target_dir=str(tmp_path / "t"))
+    base.update(kw)
+    return Spec(**base)
+
+
+def test_cold_buffered_read_reaches_the_device(tmp_path):
+    assert HAS_DEVICE(tmp_path), "tests need a block device behind tmp_path to check device counters"
+    r = run(spec(tmp_path, pattern="seq_read"))
+    m = r.metrics()
+    assert r.io_mode == "buffered" and r.valid, r.warnings
+    assert m["device_read_bytes"] >= 0.9 * m["bytes_total"]
+    assert m["cache_served_pct"] < 10
+
+
+def test_warm_read_is_flagged_and_served_from_cache(tmp_path):
+    r = run(spec(tmp_path, pattern="rand_read", block_size=4096, size_bytes=64 * MIB, cache="warm"))
+    m = r.metrics()
+    assert not r.valid and any("cache=warm" in w for w in r.warnings)
+    assert m["cache_served_pct"] > 90 and m["device_read_bytes"] < 0.1 * m["bytes_total"]
+
+
+def test_drop_caches_mode_reads_from_the_device(tmp_path):
+    r = run(spec(tmp_path, pattern="seq_read", size_bytes=64 * MIB, cache="drop"))
+    assert r.metrics()["device_read_bytes"] >= 0.9 * r.bytes_read and r.valid
+
+
+def test_writes_left_in_page_cache_are_flagged(tmp_path):
+    r = run(spec(tmp_path, size_bytes=64 * MIB, end_fsync=False))
+    assert not r.valid and any("reached the device" in w for w in r.warnings)
+    r = run(spec(tmp_path, size_bytes=64 * MIB, end_fsync=True))
+    assert r.valid and r.metrics()["device_write_bytes"] >= 0.9 * r.bytes_written
+
+
+def test_tmpfs_direct_and_null_engine_are_not_storage_truth(tmp_path):
+    d = Path("/dev/shm") / f"iosweep-honest-{os.getpid()}"
+    try:
+        r = run(Spec(target="tmpfs", target_dir=str(d), direct=True, size_bytes=8 * MIB))
+        assert not r.valid and any("no effect on tmpfs" in w for w in r.warnings)
+        assert "device_read_bytes" not in r.metrics()  # no block device behind tmpfs
+    finally:
+        if d.exists():
+            d.rmdir()
+    r = run(spec(tmp_path, engine="null", size_bytes=8 * MIB))
+    assert not r.valid and any("engine=null" in w for w in r.warnings)
+
+
+def test_run_ending_inside_the_ramp_is_invalid(tmp_path):
+    r = run(spec(tmp_path, size_bytes=8 * MIB, ramp_s=60))
+    assert not r.valid and r.metrics()["bytes_total"] == 0
+
+
+def test_repeats_report_mean_std_and_ci(tmp_path):
+    r = run(spec(tmp_path, pattern="rand_read", block_size=64 << 10, size_bytes=16 * MIB, repeats=3))
+    m = r.metrics()
+    assert m["repeats"] == 3 and len(r.repeat_throughputs) == 3
+    assert m["throughput_mib_s"] == pytest.approx(np.mean(r.repeat_throughputs))
+    assert m["throughput_mib_s_std"] == pytest.approx(np.std(r.repeat_throughputs, ddof=1))
+    assert m["throughput_mib_s_ci95_low"] <= m["throughput_mib_s"] <= m["throughput_mib_s_ci95_high"]
+    assert m["bytes_total"] == 3 * 16 * MIB and r.latency.total == 3 * 256
+
+
+def test_data_ratios_are_measured_next_to_the_requested_ones(tmp_path):
+    m = run(spec(tmp_path, size_bytes=64 * MIB, data=DataSpec("dgen", 2, 4))).metrics()
+    assert m["data_compress_ratio_measured"] == pytest.approx(2, rel=0.1)
+    assert m["data_dedup_ratio_measured_1mib"] == pytest.approx(4, rel=0.1)
+    m = run(spec(tmp_path, size_bytes=16 * MIB, data=DataSpec("dgen", 1, 1))).metrics()
+    assert m["data_compress_ratio_measured"] == pytest.approx(1, abs=0.05)
+    assert m["data_dedup_ratio_measured"] == pytest.approx(1, abs=0.01)
+
+
+def test_measured_stream_is_the_bytes_on_disk(tmp_path):
+    """measure_ratios regenerates worker 0's first pass: it must equal the file written."""
+    from workloads.data import DgenSource
+
+    s = spec(tmp_path, size_bytes=8 * MIB, keep_files=True, data=DataSpec("dgen", 3, 2))
+    on_disk = Path(run(s).info["files"][0]).read_bytes()
+    src = DgenSource(s, 0, s.file_size)
+    regenerated = b""
+    while len(regenerated) < s.file_size:
+        regenerated += bytes(src.current_chunk())
+        src.advance()
+    src.close()
+    assert regenerated[:s.file_size] == on_disk
+
+
+@pytest.mark.skipif(shutil.which("fio") is None, reason="fio not installed (.ci/run installs it)")
+@pytest.mark.parametrize("pattern", ["rand_read", "seq_write", "mixed"])
+def test_fio_engine_runs_the_same_point(tmp_path, pattern):
+    s = spec(tmp_path, engine="fio", pattern=pattern, block_size=4096, writers=2, size_bytes=32 * MIB,
+             direct=True, read_pct=60, duration_s=1.0)
+    r = run(s)
+    m = r.metrics()
+    job = r.attachments["fio_job.fio"]
+    assert "numjobs=2" in job and f"bs=4096" in job and "direct=1" in job and "time_based=1" in job
+    assert f"rw={fio_engine.RW[pattern]}" in job
+    assert m["throughput_mib_s"] > 0 and m["iops"] > 0 and 0 < m["lat_p50_us"] <= m["lat_p99_us"]
+    assert r.latency.total == m["ops_total"]  # fio's bins became our histogram, op for op
+    assert (r.bytes_read > 0) == (pattern != "seq_write")
+    assert '"jobs"' in r.attachments["fio_output.json"]
+    assert not (tmp_path / "t").exists() or list((tmp_path / "t").iterdir()) == []  # fio's logs removed too
+
+
+def test_fio_missing_is_a_clear_config_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without fio
+    with pytest.raises(ConfigError) as e:
+        run(spec(tmp_path, engine="fio"))
+    assert e.value.key == "engine" and "apt-get install -y fio" in str(e.value)
+
+
+def test_fio_bins_fold_into_our_histogram():
+    clat = {"min": 1000, "max": 9000, "mean": 3000.0, "N": 4, "bins": {"1000": 1, "2000": 2, "9000": 1}}
+    h = fio_engine.histogram(clat)
+    assert h.total == 4 and h.max_ns == 9000 and h.percentile(50) == pytest.approx(2000, rel=0.01)
+    assert h.percentile(100) == pytest.approx(9000, rel=0.01)

@@ -1,0 +1,128 @@
+"""fio as a reference engine: the same point, run by fio, reduced to the same Result.
+
+iosweep creates, lays out and evicts the files exactly as for its own engines (fio is told not to
+lay out or invalidate), writes a fio job from the Spec, runs `fio --output-format=json+`, and
+folds fio's completion-latency bins into the same log-linear histogram, so percentiles are
+computed the same way for both engines.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+from ..errors import ConfigError, WorkloadError
+from ..metrics import MIB, LatencyHistogram, Result
+from ..spec import Spec
+from .base import Engine, register
+
+RW = {"seq_write": "write", "seq_read": "read", "rand_read": "randread", "rand_write": "randwrite",
+      "mixed": "randrw"}
+LOG_PREFIX = "fiolog"
+
+
+def job_file(spec: Spec, scratch: Path) -> str:
+    ms = lambda s: f"{int(round(s * 1000))}ms"  # noqa: E731
+    lines = ["[global]", f"ioengine={spec.ioengine or 'psync'}", f"rw={RW[spec.pattern]}",
+             f"bs={spec.block_size}", f"size={spec.file_size}", f"numjobs={spec.writers}",
+             f"directory={scratch}", "filename_format=job$jobnum.dat",  # the files iosweep created
+             f"direct={int(spec.direct)}", "invalidate=0",  # iosweep evicts (cache=...) itself
+             "fallocate=none",  # iosweep's own engines do not preallocate either
+             "group_reporting=1", "percentile_list=50:90:99:99.9", f"randseed={spec.seed + 1}",
+             f"log_avg_msec={max(1, int(spec.log_interval_s * 1000))}",
+             f"write_bw_log={scratch / LOG_PREFIX}", f"write_iops_log={scratch / LOG_PREFIX}"]
+    if spec.pattern == "mixed":
+        lines.append(f"rwmixread={spec.read_pct}")
+    if spec.duration_s:
+        lines += ["time_based=1", f"runtime={ms(spec.duration_s)}"]
+    if spec.ramp_s:
+        lines.append(f"ramp_time={ms(spec.ramp_s)}")
+    if spec.writes and spec.end_fsync:
+        lines.append("end_fsync=1")
+    if spec.data.kind == "zeros":
+        lines.append("zero_buffers=1")
+    elif spec.data.compress_ratio > 1 or spec.data.dedup_ratio > 1:
+        lines += ["refill_buffers=1",
+                  f"buffer_compress_percentage={round(100 * (1 - 1 / spec.data.compress_ratio))}",
+                  f"dedupe_percentage={round(100 * (1 - 1 / spec.data.dedup_ratio))}"]
+    if not spec.latency:
+        lines += ["disable_lat=1", "disable_clat=1", "disable_slat=1"]
+    lines += ["", "[iosweep]", ""]
+    return "\n".join(lines)
+
+
+def histogram(clat_ns: dict) -> LatencyHistogram:
+    h = LatencyHistogram()
+    bins = clat_ns.get("bins") or {}
+    if bins:
+        import numpy as np
+
+        values = np.array([int(v) for v in bins], dtype=np.int64)
+        counts = np.array(list(bins.values()), dtype=np.int64)
+        h.add_counts(values, counts)
+        h.min_ns, h.max_ns = int(clat_ns["min"]), int(clat_ns["max"])
+        h.sum_ns = int(round(clat_ns["mean"] * clat_ns["N"]))
+    return h
+
+
+def timeseries(scratch: Path, spec: Spec) -> list[dict]:
+    """Sum fio's per-job bandwidth/IOPS logs (time ms, value, dir, ...) per interval."""
+    rows: dict[int, dict] = {}
+    step = max(1, int(spec.log_interval_s * 1000))
+    for kind, field in (("bw", "mib_s"), ("iops", "iops")):
+        for log in sorted(scratch.glob(f"{LOG_PREFIX}_{kind}.*.log")):
+            for line in log.read_text().splitlines():
+                parts = [p.strip() for p in line.split(",")]
+                if len(parts) < 2:
+                    continue
+                t = int(round(int(parts[0]) / step))
+                value = float(parts[1]) * (1024 / MIB if kind == "bw" else 1)  # bw logs are KiB/s
+                row = rows.setdefault(t, {"t_s": t * step / 1000, "mib_s": 0.0, "iops": 0.0})
+                row[field] += value
+    return [dict(rows[k], ramp=rows[k]["t_s"] <= spec.ramp_s) for k in sorted(rows)]
+
+
+@register
+class FioEngine(Engine):
+    name = "fio"
+    external = True
+
+    def check(self, spec: Spec) -> None:
+        if shutil.which("fio") is None:
+            raise ConfigError("engine", "fio", "fio is not installed: apt-get install -y fio, or choose engine=sync")
+
+    def run_job(self, spec: Spec, target, placement, progress) -> Result:
+        from ..job import device_counters, prepare_files
+
+        warnings = prepare_files(spec, placement)
+        job = job_file(spec, placement.scratch)
+        job_path = placement.scratch / "iosweep.fio"
+        job_path.write_text(job)
+        placement.files.append(job_path)
+        dev0 = device_counters(placement.device)
+        proc = subprocess.run(["fio", "--output-format=json+", str(job_path)], capture_output=True, text=True)
+        dev1 = device_counters(placement.device)
+        placement.files.extend(p for p in placement.scratch.glob(f"{LOG_PREFIX}_*.log") if p not in placement.files)
+        try:
+            out = json.loads(proc.stdout[proc.stdout.index("{"):])
+        except ValueError:
+            out = None
+        if proc.returncode != 0 or out is None or out["jobs"][0].get("error"):
+            err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+            raise WorkloadError(f"fio failed on {placement.scratch}: {err}")
+        job_out = out["jobs"][0]
+        rd, wr = job_out["read"], job_out["write"]
+        cpu_s = (job_out["usr_cpu"] + job_out["sys_cpu"]) / 100 * job_out["job_runtime"] / 1000
+        result = Result(
+            elapsed_s=max(rd["runtime"], wr["runtime"]) / 1000, bytes_read=rd["io_bytes"],
+            bytes_written=wr["io_bytes"], ops_read=rd["total_ios"], ops_written=wr["total_ios"],
+            lat_read=histogram(rd["clat_ns"]), lat_write=histogram(wr["clat_ns"]),
+            io_mode=placement.io_mode, cpu_s=cpu_s, warnings=warnings, timeseries=timeseries(placement.scratch, spec),
+            info={"fio_version": out.get("fio version", ""), "ramp_done": True},
+            attachments={"fio_job.fio": job, "fio_output.json": proc.stdout},
+        )
+        if dev0 and dev1:
+            result.device_read_bytes, result.device_write_bytes = dev1[0] - dev0[0], dev1[1] - dev0[1]
+        return result

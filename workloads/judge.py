@@ -1,0 +1,61 @@
+"""Is this number storage truth? Every run is judged from what was measured, never assumed.
+
+Returns the warnings (one line each) and whether the figures measure the storage (`valid`).
+"""
+from __future__ import annotations
+
+import psutil
+
+from .metrics import MIB, Result
+from .spec import Spec
+
+CACHE_SERVED_MAX_PCT = 10.0  # more than this share of reads from RAM: not a storage measurement
+WRITES_ON_DEVICE_MIN = 0.90  # less than this share of written bytes reached the device: page cache
+DATAGEN_WAIT_MAX = 0.05  # workers waiting for dgen-py more than this share of their time
+
+
+def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
+    invalid: list[str] = []
+    notes: list[str] = []
+    fs = result.info.get("fs_type", "?")
+    if result.io_mode == "none":
+        invalid.append("engine=null does no I/O: the figures measure the harness, not storage")
+    if result.io_mode == "direct-ignored":
+        invalid.append(f"O_DIRECT has no effect on {fs}: the figures are RAM speed")
+    if spec.reads and spec.cache == "warm" and result.io_mode != "none":
+        invalid.append("cache=warm: reads were served from the page cache on purpose, not from storage")
+    if result.bytes_read and result.device_read_bytes is not None and spec.cache != "warm":
+        served = result.cache_served_pct
+        if served > CACHE_SERVED_MAX_PCT:
+            invalid.append(f"{served:.0f}% of read bytes came from the page cache: the device read "
+                           f"{result.device_read_bytes / MIB:.0f} of {result.bytes_read / MIB:.0f} MiB")
+    elif result.bytes_read and result.io_mode == "buffered" and result.device_read_bytes is None:
+        working_set = spec.file_size * spec.writers
+        ram = psutil.virtual_memory().total
+        if working_set < ram:
+            notes.append(f"buffered read of {working_set / MIB:.0f} MiB, less than RAM ({ram / 2**30:.0f} GiB), "
+                         f"and no block device behind {fs} to verify it reached storage")
+    if result.bytes_written and result.device_write_bytes is not None and result.io_mode == "buffered":
+        share = result.device_write_bytes / result.bytes_written
+        if share < WRITES_ON_DEVICE_MIN:
+            invalid.append(f"only {100 * share:.0f}% of written bytes reached the device inside the window "
+                           "(page cache): set end_fsync=true or direct=true")
+    if not result.info.get("ramp_done", True):
+        invalid.append(f"the run ended inside ramp_s={spec.ramp_s}: nothing after the warm-up was measured")
+    busy = result.elapsed_s * spec.writers
+    if busy > 0 and result.datagen_wait_s > DATAGEN_WAIT_MAX * busy:
+        invalid.append(f"data generation was slower than the I/O: workers waited {result.datagen_wait_s:.2f} s "
+                       f"for dgen-py ({100 * result.datagen_wait_s / busy:.0f}% of their time)")
+    measured = result.data_measured
+    if spec.data.kind == "dgen" and measured:
+        got_c = measured["data_compress_ratio_measured"]
+        got_d = measured["data_dedup_ratio_measured_1mib"]
+        if abs(got_c - spec.data.compress_ratio) > 0.1 * spec.data.compress_ratio:
+            notes.append(f"data compresses {got_c:.2f}:1 (zstd), asked for {spec.data.compress_ratio}:1")
+        if abs(got_d - spec.data.dedup_ratio) > 0.1 * spec.data.dedup_ratio:
+            notes.append(f"data dedups {got_d:.2f}:1 in 1 MiB units over the first "
+                         f"{measured['data_sample_mib']:.0f} MiB, asked for {spec.data.dedup_ratio}:1")
+        if spec.data.compress_ratio > 1:
+            notes.append(f"dgen-py makes compressible data with zero runs: at 4 KiB those zero blocks also dedup "
+                         f"({measured['data_dedup_ratio_measured']:.2f}:1 measured)")
+    return not invalid, invalid + notes
