@@ -4,7 +4,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from runner import app, schema
+from runner import app, console, preflight, schema
 
 schema.register()
 app.register_resolvers()
@@ -17,4 +17,8 @@ def main(cfg: DictConfig):
 
 if __name__ == "__main__":
     sys.argv[1:] = app.quote_null_choices(sys.argv[1:])
+    try:
+        preflight.check(sys.argv[1:])
+    except preflight.UserError as e:
+        console.fail(str(e))
     main()

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -39,16 +40,44 @@ def quote_null_choices(args: list[str]) -> list[str]:
     return out
 
 
+def _whole(cfg: DictConfig, key: str, minimum: int = 1) -> int:
+    value = OmegaConf.select(cfg, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigError(key, value, f"must be a whole number >= {minimum}")
+    return value
+
+
+def _number(cfg: DictConfig, key: str, minimum: float = 0.0, optional: bool = False, strict: bool = True):
+    value = OmegaConf.select(cfg, key)
+    if optional and value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            (value <= minimum if strict else value < minimum):
+        rule = f"must be a number {'>' if strict else '>='} {minimum:g}" + (" or null" if optional else "")
+        raise ConfigError(key, value, rule)
+    return float(value)
+
+
+def _switch(cfg: DictConfig, key: str) -> bool:
+    value = OmegaConf.select(cfg, key)
+    if not isinstance(value, bool):
+        raise ConfigError(key, value, "must be true or false")
+    return value
+
+
 def to_spec(cfg: DictConfig) -> Spec:
+    """Type-check the knobs (the schema leaves them loose, see schema.py), then range-check."""
     return Spec(
-        pattern=cfg.pattern.name, read_pct=cfg.pattern.read_pct,
-        block_size=cfg.block_kb * 1024, writers=cfg.writers, size_bytes=cfg.size_mb << 20,
-        duration_s=cfg.duration_s, ramp_s=cfg.ramp_s, direct=cfg.direct,
-        direct_fallback=cfg.direct_fallback, end_fsync=cfg.end_fsync,
+        pattern=cfg.pattern.name, read_pct=_whole(cfg, "pattern.read_pct", 0),
+        block_size=_whole(cfg, "block_kb") * 1024, writers=_whole(cfg, "writers"),
+        size_bytes=_whole(cfg, "size_mb") << 20, duration_s=_number(cfg, "duration_s", optional=True),
+        ramp_s=_number(cfg, "ramp_s", strict=False), direct=_switch(cfg, "direct"),
+        direct_fallback=_switch(cfg, "direct_fallback"), end_fsync=_switch(cfg, "end_fsync"),
         engine=cfg.engine.name, ioengine=cfg.engine.ioengine, target=cfg.target.name, target_dir=cfg.target.dir,
-        data=DataSpec(cfg.data.name, cfg.data.compress_ratio, cfg.data.dedup_ratio),
-        seed=cfg.seed, keep_files=cfg.keep_files, log_interval_s=cfg.log_interval_s,
-        cache=cfg.cache, repeats=cfg.repeats, latency=cfg.latency,
+        data=DataSpec(cfg.data.name, _whole(cfg, "data.compress_ratio"), _whole(cfg, "data.dedup_ratio")),
+        seed=_whole(cfg, "seed", 0), keep_files=_switch(cfg, "keep_files"),
+        log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
+        latency=_switch(cfg, "latency"),
     ).check()
 
 
@@ -66,53 +95,76 @@ def params_of(cfg: DictConfig, hc) -> dict[str, str]:
 
 
 def run_point(cfg: DictConfig) -> dict:
+    """Measure one point, write its run dir (result.json first), then publish it to MLflow."""
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
-    overrides = list(hc.overrides.task)
     start_ms = int(time.time() * 1000)
     progress = console.Progress()
+    base = {"result_id": uuid.uuid4().hex, "name": run_name(cfg), "overrides": list(hc.overrides.task),
+            "params": params_of(cfg, hc), "start_ms": start_ms,
+            "parent_run_id": tracking.parent_run_id() if multirun else None}
     try:
         spec = to_spec(cfg)
         print(f"iosweep: {console.describe(spec)}", flush=True)
         result = workloads.run(spec, progress=progress)
     except (ConfigError, WorkloadError) as e:
         progress.done()
-        return _failed(cfg, hc, str(e), start_ms, multirun, run_dir, measured=isinstance(e, WorkloadError))
+        if not multirun and isinstance(e, ConfigError):
+            console.fail(str(e))  # bad input, single run: one line, no MLflow run
+        record = dict(base, status="FAILED", error=str(e), metrics={}, end_ms=int(time.time() * 1000),
+                      tags={"iosweep.error": str(e), "iosweep.overrides": " ".join(base["overrides"]),
+                            **host.host_tags()}, artifacts=[[".hydra", ".hydra"]])
+        run_id = _write_and_publish(run_dir, record)
+        if not multirun:
+            console.fail(str(e))
+        print(f"iosweep: point failed: {e}", flush=True)
+        return {"status": "FAILED", "run_id": run_id, "metrics": {}, "error": str(e), "valid": False}
     progress.done()
-    (run_dir / "config.yaml").write_text(tracking.resolved_yaml(cfg))
-    record = _record(cfg, hc, result, overrides)
-    (run_dir / "result.json").write_text(json.dumps(record, indent=1))  # before MLflow: never lost
-    artifacts = [(run_dir / "config.yaml", None), (run_dir / "result.json", None), (run_dir / ".hydra", ".hydra")]
-    artifacts += _latency_artifacts(result, run_dir)
-    for name, text in result.attachments.items():  # e.g. fio's job file and JSON output
-        (run_dir / name).write_text(text)
-        artifacts.append((run_dir / name, "engine"))
     print(console.result_table(result), flush=True)
-    run_id = tracking.log_run(
-        name=run_name(cfg), params=params_of(cfg, hc), metrics=record["metrics"], tags=record["tags"],
-        step_metrics=_step_metrics(result, start_ms), start_ms=start_ms, artifacts=artifacts,
-        parent_id=tracking.parent_run_id() if multirun else None,
-    )
-    print(f"  mlflow run {run_id}  ({tracking.tracking_uri()})", flush=True)
+    record = dict(base, **_measured(cfg, hc, result, run_dir, start_ms))
+    run_id = _write_and_publish(run_dir, record)
     return {"status": "FINISHED", "run_id": run_id, "metrics": record["metrics"], "error": None, "valid": result.valid}
 
 
-def _record(cfg: DictConfig, hc, result: Result, overrides: list[str]) -> dict:
+def _write_and_publish(run_dir: Path, record: dict) -> str | None:
+    """result.json first (the measurement is never lost), then MLflow; a store that is down is
+    one line and exit 3, with the way to import the run later."""
+    (run_dir / "result.json").write_text(json.dumps(record, indent=1))
+    try:
+        run_id = tracking.publish(run_dir)
+    except Exception as e:  # any failure of the store: the result is safe on disk
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        console.fail(f"tracking store {tracking.tracking_uri()} unavailable ({reason}); the result is kept in "
+                     f"{run_dir / 'result.json'}: import it later with python -m runner.sync {run_dir}", code=3)
+    print(f"  mlflow run {run_id}  ({tracking.tracking_uri()})", flush=True)
+    return run_id
+
+
+def _measured(cfg: DictConfig, hc, result: Result, run_dir: Path, start_ms: int) -> dict:
+    """Everything a measured point leaves: the record for result.json and the files beside it."""
+    (run_dir / "config.yaml").write_text(tracking.resolved_yaml(cfg))
+    artifacts = [["config.yaml", None], ["result.json", None], [".hydra", ".hydra"]]
+    artifacts += _latency_artifacts(result, run_dir)
+    for name, text in result.attachments.items():  # e.g. fio's job file and JSON output
+        (run_dir / name).write_text(text)
+        artifacts.append([name, "engine"])
     tags = {
         "iosweep.io_mode": result.io_mode,
         "iosweep.valid": str(result.valid).lower(),
         "iosweep.warnings": "\n".join(result.warnings),
-        "iosweep.overrides": " ".join(overrides),
-        "iosweep.run_dir": str(Path(hc.runtime.output_dir).absolute()),
+        "iosweep.overrides": " ".join(hc.overrides.task),
+        "iosweep.run_dir": str(run_dir.absolute()),
         **host.host_tags(), **host.target_tags(result.info),
     }
     if os.environ.get(tracking.REPRODUCED_ENV):
         tags["iosweep.reproduced_from"] = os.environ[tracking.REPRODUCED_ENV]
     return {
-        "status": "FINISHED", "overrides": overrides, "metrics": result.metrics(), "tags": tags, "valid": result.valid,
-        "warnings": result.warnings, "info": result.info, "timeseries": result.timeseries,
+        "status": "KILLED" if result.info.get("stopped") else "FINISHED", "end_ms": int(time.time() * 1000),
+        "metrics": result.metrics(), "tags": tags, "valid": result.valid, "warnings": result.warnings,
+        "info": result.info, "timeseries": result.timeseries, "step_metrics": _step_metrics(result, start_ms),
         "latency_read": result.lat_read.to_dict(), "latency_write": result.lat_write.to_dict(),
+        "artifacts": artifacts,
     }
 
 
@@ -122,39 +174,21 @@ STEP_METRICS = {"mib_s": "interval_throughput_mib_s", "iops": "interval_iops",
                 "cpu_pct": "system/cpu_utilization_percentage", "mem_used_mib": "system/system_memory_usage_megabytes"}
 
 
-def _step_metrics(result: Result, start_ms: int) -> list[tuple[str, float, int, int]]:
+def _step_metrics(result: Result, start_ms: int) -> list[list]:
     out = []
     for step, row in enumerate(result.timeseries, start=1):
         ts = start_ms + int(row["t_s"] * 1000)
-        out += [(name, row[field], ts, step) for field, name in STEP_METRICS.items() if field in row]
+        out += [[name, row[field], ts, step] for field, name in STEP_METRICS.items() if field in row]
     return out
 
 
-def _latency_artifacts(result: Result, run_dir: Path) -> list[tuple[Path, str]]:
+def _latency_artifacts(result: Result, run_dir: Path) -> list[list]:
     """The merged latency histograms as JSON, and a PNG of them."""
     from . import plots
 
     if not result.latency.total:
         return []
-    hist_json = run_dir / "latency_histogram.json"
-    hist_json.write_text(json.dumps({"read": result.lat_read.to_dict(), "write": result.lat_write.to_dict()}))
-    png = run_dir / "latency.png"
-    plots.latency_png(result.lat_read, result.lat_write, png)
-    return [(hist_json, "latency"), (png, "latency")]
-
-
-def _failed(cfg: DictConfig, hc, message: str, start_ms: int, multirun: bool, run_dir: Path, measured: bool) -> dict:
-    """Single run: one line, exit 2 (a run that did I/O is still recorded FAILED). Sweep: FAILED child."""
-    run_id = None
-    if multirun or measured:
-        run_id = tracking.log_run(
-            name=run_name(cfg), params=params_of(cfg, hc), metrics={},
-            tags={"iosweep.error": message, "iosweep.overrides": " ".join(hc.overrides.task), **host.host_tags()},
-            status="FAILED", start_ms=start_ms,
-            artifacts=[(run_dir / ".hydra", ".hydra")],
-            parent_id=tracking.parent_run_id() if multirun else None,
-        )
-    if not multirun:
-        console.fail(message)
-    print(f"iosweep: point failed: {message}", flush=True)
-    return {"status": "FAILED", "run_id": run_id, "metrics": {}, "error": message, "valid": False}
+    (run_dir / "latency_histogram.json").write_text(
+        json.dumps({"read": result.lat_read.to_dict(), "write": result.lat_write.to_dict()}))
+    plots.latency_png(result.lat_read, result.lat_write, run_dir / "latency.png")
+    return [["latency_histogram.json", "latency"], ["latency.png", "latency"]]

@@ -1,12 +1,14 @@
-"""The typed schema the YAML in conf/ builds on, stored in Hydra's ConfigStore.
+"""The schema the YAML in conf/ builds on, stored in Hydra's ConfigStore.
 
-A misspelt key or a value of the wrong type is refused by OmegaConf while composing, before any
-code of ours runs. Range checks live in workloads.Spec.check(), so the library enforces them too.
+Every key is declared, so a misspelt key is refused while composing. The numbers and switches
+are typed `Any` on purpose: OmegaConf would refuse `block_kb=abc` while Hydra composes a sweep's
+job, which ends the whole sweep; iosweep checks them per point instead (runner.app.to_spec and
+workloads.Spec.check), so a bad value fails its own point with one line and the rest still run.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -20,7 +22,7 @@ class TargetConf:
 @dataclass
 class PatternConf:
     name: str = "seq_write"
-    read_pct: int = 100  # share of reads in percent; used by the mixed pattern
+    read_pct: Any = 100  # share of reads in percent; used by the mixed pattern
 
 
 @dataclass
@@ -32,8 +34,8 @@ class EngineConf:
 @dataclass
 class DataConf:
     name: str = "dgen"
-    compress_ratio: int = 1
-    dedup_ratio: int = 1
+    compress_ratio: Any = 1
+    dedup_ratio: Any = 1
 
 
 @dataclass
@@ -42,21 +44,21 @@ class IosweepConfig:
     pattern: PatternConf = field(default_factory=PatternConf)
     engine: EngineConf = field(default_factory=EngineConf)
     data: DataConf = field(default_factory=DataConf)
-    block_kb: int = 1024
-    writers: int = 1
-    size_mb: int = 256
-    duration_s: Optional[float] = None
-    ramp_s: float = 0.0
-    direct: bool = False
-    direct_fallback: bool = False
-    end_fsync: bool = True
+    block_kb: Any = 1024
+    writers: Any = 1
+    size_mb: Any = 256
+    duration_s: Any = None
+    ramp_s: Any = 0.0
+    direct: Any = False
+    direct_fallback: Any = False
+    end_fsync: Any = True
     cache: str = "cold"
-    repeats: int = 1
-    latency: bool = True
-    seed: int = 0
-    trial: int = 0
-    keep_files: bool = False
-    log_interval_s: float = 1.0
+    repeats: Any = 1
+    latency: Any = True
+    seed: Any = 0
+    trial: Any = 0
+    keep_files: Any = False
+    log_interval_s: Any = 1.0
 
 
 def register() -> None:

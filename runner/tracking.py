@@ -7,14 +7,19 @@ parent can be closed from a Hydra callback or at exit whatever happened to its p
 from __future__ import annotations
 
 import atexit
+import logging
 import math
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from . import secrets
 
 EXPERIMENT = "iosweep"
 PARENT_ENV = "IOSWEEP_PARENT_RUN_ID"
@@ -32,8 +37,6 @@ def tracking_uri() -> str:
 
 
 def client():
-    import logging
-
     from mlflow.tracking import MlflowClient  # ~1 s import: only when something is logged
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not the store's table-creation chatter
@@ -78,14 +81,16 @@ def _chunks(items: list, n: int):
 
 
 def log_run(*, name: str, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str],
-            step_metrics: list[tuple[str, float, int, int]] = (), artifacts: list[tuple[Path, str | None]] = (),
+            step_metrics: list = (), artifacts: list[tuple[Path, str | None]] = (),
             status: str = "FINISHED", start_ms: int | None = None, end_ms: int | None = None,
             parent_id: str | None = None) -> str:
-    """Create one complete run in one go; returns its id. The run is always terminated."""
+    """Create one complete run in one go; returns its id. The run is always terminated.
+    Credential-like values are masked here, on the way out."""
     from mlflow.entities import Metric, Param, RunTag
 
     c = client()
-    tags = dict(tags)
+    tags = {k: secrets.mask_text(str(v)) for k, v in tags.items()}
+    params = secrets.mask_mapping(params)
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id
     run = c.create_run(experiment_id(c), start_time=start_ms, tags={"mlflow.runName": name}, run_name=name)
@@ -94,7 +99,7 @@ def log_run(*, name: str, params: dict[str, str], metrics: dict[str, float], tag
         now = end_ms or int(time.time() * 1000)
         ms = [Metric(k, float(v), now, 0) for k, v in metrics.items() if v is not None and math.isfinite(v)]
         ms += [Metric(k, float(v), ts, step) for k, v, ts, step in step_metrics if math.isfinite(v)]
-        ps = [Param(k, v[:6000]) for k, v in params.items()]
+        ps = [Param(k, str(v)[:6000]) for k, v in params.items()]
         ts = [RunTag(k, str(v)[:5000]) for k, v in tags.items()]
         for batch in _chunks(ps, MAX_PARAMS):
             c.log_batch(run_id, params=batch)
@@ -102,16 +107,64 @@ def log_run(*, name: str, params: dict[str, str], metrics: dict[str, float], tag
             c.log_batch(run_id, tags=batch)
         for batch in _chunks(ms, MAX_METRICS):
             c.log_batch(run_id, metrics=batch)
-        for path, artifact_dir in artifacts:
-            if Path(path).is_dir():
-                c.log_artifacts(run_id, str(path), artifact_dir)
-            elif Path(path).exists():
-                c.log_artifact(run_id, str(path), artifact_dir)
+        with tempfile.TemporaryDirectory(prefix="iosweep-artifacts-") as tmp:
+            for path, artifact_dir in artifacts:
+                for src, rel in _files(Path(path)):
+                    dst = Path(tmp) / (artifact_dir or "") / rel
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    if src.suffix in TEXT_ARTIFACTS:
+                        dst.write_text(secrets.mask_file_text(src.name, src.read_text()))
+                    else:
+                        shutil.copyfile(src, dst)
+            c.log_artifacts(run_id, tmp)
     except BaseException:
         c.set_terminated(run_id, "FAILED")
         raise
     c.set_terminated(run_id, status, end_time=end_ms)
     return run_id
+
+
+TEXT_ARTIFACTS = {".yaml", ".yml", ".json", ".md", ".csv", ".fio", ".txt", ".log"}
+
+
+def _files(path: Path):
+    """(file, path relative to the artifact dir) for a file or every file under a directory."""
+    if path.is_dir():
+        return [(f, f.relative_to(path)) for f in sorted(path.rglob("*")) if f.is_file()]
+    return [(path, Path(path.name))] if path.exists() else []
+
+
+def find_published(c, result_id: str) -> str | None:
+    runs = c.search_runs([experiment_id(c)], filter_string=f"tags.`iosweep.result_id` = '{result_id}'",
+                         max_results=1)
+    return runs[0].info.run_id if runs else None
+
+
+def publish(run_dir: Path) -> str:
+    """Log a run dir (its result.json and the files it names) to MLflow as one run.
+
+    Idempotent: a run dir whose result_id is already in the store is not logged twice.
+    """
+    import json
+
+    run_dir = Path(run_dir)
+    record = json.loads((run_dir / "result.json").read_text())
+    c = client()
+    existing = find_published(c, record["result_id"])
+    if existing:
+        return existing
+    parent = record.get("parent_run_id")
+    if parent:
+        try:
+            c.get_run(parent)
+        except Exception:  # the sweep's parent never reached this store: import the point alone
+            parent = None
+    return log_run(name=record["name"], params=record["params"], metrics=record.get("metrics", {}),
+                   tags={**record.get("tags", {}), "iosweep.result_id": record["result_id"]},
+                   step_metrics=record.get("step_metrics", []),
+                   artifacts=[(run_dir / rel, d) for rel, d in record.get("artifacts", [])],
+                   status=record["status"], start_ms=record.get("start_ms"), end_ms=record.get("end_ms"),
+                   parent_id=parent)
 
 
 class SweepCallback(Callback):
@@ -126,8 +179,11 @@ class SweepCallback(Callback):
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
         overrides = " ".join(config.hydra.overrides.task) or "(defaults)"
+        overrides = secrets.mask_text(overrides)
+        # Hydra's launcher prints every job's overrides: mask credentials there too
+        logging.getLogger("hydra._internal.core_plugins.basic_launcher").addFilter(secrets.MaskFilter())
         tags = {"mlflow.runName": f"sweep {overrides}", "iosweep.sweep": "true",
-                "iosweep.overrides": " ".join(config.hydra.overrides.task),
+                "iosweep.overrides": secrets.mask_text(" ".join(config.hydra.overrides.task)),
                 "iosweep.sweep_dir": str(Path(config.hydra.sweep.dir).absolute())}
         if os.environ.get(REPRODUCED_ENV):
             tags["iosweep.reproduced_from"] = os.environ[REPRODUCED_ENV]
@@ -153,8 +209,8 @@ class SweepCallback(Callback):
         failed = self._finish()
         if failed:
             first = failed[0]
-            print(f"iosweep: {len(failed)} of {len(self.points)} points failed; first: "
-                  f"{' '.join(first['overrides'])}: {first['error']}", file=sys.stderr)
+            print(secrets.mask_text(f"iosweep: {len(failed)} of {len(self.points)} points failed; first: "
+                                    f"{' '.join(first['overrides'])}: {first['error']}"), file=sys.stderr)
             sys.exit(1)
 
     def _finish(self) -> list[dict]:
@@ -177,7 +233,7 @@ class SweepCallback(Callback):
                 + (f"\n## Throughput relative to fio (goal >= 0.95)\n\n{summary.ratio_table(ratios)}" if ratios else ""))
         (self.sweep_dir / "summary.md").write_text(text)
         summary.write_csv(self.sweep_dir / "summary.csv", axes, table)
-        print("\n" + md + "\n\n" + "\n".join(f"  * {n}" for n in notes), flush=True)
+        print(secrets.mask_text("\n" + md + "\n\n" + "\n".join(f"  * {n}" for n in notes)), flush=True)
         if ratios:
             print("\niosweep: throughput relative to fio at the same point (goal >= 0.95)\n"
                   + summary.ratio_table(ratios), flush=True)
@@ -204,6 +260,8 @@ class SweepCallback(Callback):
             c.log_batch(parent, metrics=batch, tags=tags)
             tags = []
         for path in [self.sweep_dir / "summary.md", self.sweep_dir / "summary.csv", *pngs]:
+            if path.suffix in TEXT_ARTIFACTS:
+                path.write_text(secrets.mask_file_text(path.name, path.read_text()))
             c.log_artifact(parent, str(path))
         c.set_terminated(parent, "FAILED" if failed else "FINISHED")
         return failed

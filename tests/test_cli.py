@@ -105,6 +105,8 @@ def test_engine_sweep_against_fio_logs_ratios_on_the_parent(tmp_path):
     assert set(by_engine) == {"sync", "fio"}
     ratio = parent.data.metrics["ratio_vs_fio_min"]
     assert ratio == pytest.approx(by_engine["sync"] / by_engine["fio"])
-    assert "engine_vs_fio.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert "summary.md" in {a.path for a in client.list_artifacts(parent.info.run_id)}
+    md = (Path(parent.data.tags["iosweep.sweep_dir"]) / "summary.md").read_text()
+    assert "Throughput relative to fio" in md and f"{ratio:.3f}" in md
     fio_child = next(c for c in children if c.data.params["engine"] == "fio")
     assert {"fio_job.fio", "fio_output.json"} <= {Path(a.path).name for a in client.list_artifacts(fio_child.info.run_id, "engine")}

@@ -5,7 +5,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from runner import app, schema
-from workloads import Spec
+from workloads import ConfigError, Spec
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ["target", "pattern", "engine", "data"]
@@ -53,12 +53,14 @@ def test_misspelt_keys_are_refused(override):
         compose_with([override])
 
 
-@pytest.mark.parametrize("override", ["block_kb=abc", "writers=1.5", "data.compress_ratio=2.5", "direct=maybe"])
-def test_wrong_types_are_refused(override):
-    with pytest.raises(Exception) as e:
-        compose_with([override])
-    message = f"{e.value} {e.value.__cause__}"
-    assert "could not be converted" in message or "is not a valid" in message
+@pytest.mark.parametrize("override, key", [("block_kb=abc", "block_kb"), ("writers=1.5", "writers"),
+                                           ("data.compress_ratio=2.5", "data.compress_ratio"),
+                                           ("direct=maybe", "direct"), ("duration_s=soon", "duration_s")])
+def test_wrong_types_compose_but_are_refused_by_name(override, key):
+    cfg = compose_with([override])  # loose on purpose (schema.py): in a sweep only this point fails
+    with pytest.raises(ConfigError) as e:
+        app.to_spec(cfg)
+    assert e.value.key == key
 
 
 def test_unknown_group_choice_lists_valid_ones():

@@ -1,6 +1,5 @@
 """Issue 3: page cache vs device truth, the verdict on every run, repeats, measured data, fio."""
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -100,7 +99,6 @@ def test_measured_stream_is_the_bytes_on_disk(tmp_path):
     assert regenerated[:s.file_size] == on_disk
 
 
-@pytest.mark.skipif(shutil.which("fio") is None, reason="fio not installed (.ci/run installs it)")
 @pytest.mark.parametrize("pattern", ["rand_read", "seq_write", "mixed"])
 def test_fio_engine_runs_the_same_point(tmp_path, pattern):
     s = spec(tmp_path, engine="fio", pattern=pattern, block_size=4096, writers=2, size_bytes=32 * MIB,

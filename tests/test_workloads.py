@@ -58,12 +58,13 @@ def test_tmpfs_accepts_direct_but_it_is_not_effective(tmp_path):
             d.rmdir()
 
 
-def test_tmpfs_target_refuses_a_disk_directory(tmp_path):
-    if mount_of(tmp_path).fs_type == "tmpfs":
-        pytest.skip("tmp_path itself is on tmpfs here")
+def test_tmpfs_target_refuses_a_disk_directory():
+    on_disk = Path(__file__).resolve().parent / "iosweep-never-created"
+    assert mount_of(on_disk).fs_type not in ("tmpfs", "ramfs")
     with pytest.raises(ConfigError) as e:
-        run(spec(tmp_path, target="tmpfs"))
-    assert e.value.key == "target.dir"
+        run(Spec(target="tmpfs", target_dir=str(on_disk)))
+    assert e.value.key == "target.dir" and "use target=local" in str(e.value)
+    assert not on_disk.exists()  # refused before anything was created
 
 
 def test_refused_direct_stops_unless_fallback_is_allowed(tmp_path, monkeypatch):

@@ -12,6 +12,8 @@ from .spec import Spec
 CACHE_SERVED_MAX_PCT = 10.0  # more than this share of reads from RAM: not a storage measurement
 WRITES_ON_DEVICE_MIN = 0.90  # less than this share of written bytes reached the device: page cache
 DATAGEN_WAIT_MAX = 0.05  # workers waiting for dgen-py more than this share of their time
+MIN_WAIT_S = 0.02  # below this, waiting is start-up noise, not a bottleneck
+SHORT_WINDOW_S = 0.5  # a window this short is dominated by start and end effects
 
 
 def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
@@ -43,9 +45,12 @@ def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
     if not result.info.get("ramp_done", True):
         invalid.append(f"the run ended inside ramp_s={spec.ramp_s}: nothing after the warm-up was measured")
     busy = result.elapsed_s * spec.writers
-    if busy > 0 and result.datagen_wait_s > DATAGEN_WAIT_MAX * busy:
+    if busy > 0 and result.datagen_wait_s > max(DATAGEN_WAIT_MAX * busy, MIN_WAIT_S):
         invalid.append(f"data generation was slower than the I/O: workers waited {result.datagen_wait_s:.2f} s "
                        f"for dgen-py ({100 * result.datagen_wait_s / busy:.0f}% of their time)")
+    if 0 < result.elapsed_s < SHORT_WINDOW_S and result.io_mode != "none":
+        notes.append(f"the measured window was only {1000 * result.elapsed_s:.0f} ms: raise size_mb or set "
+                     "duration_s for a stable figure")
     measured = result.data_measured
     if spec.data.kind == "dgen" and measured:
         got_c = measured["data_compress_ratio_measured"]

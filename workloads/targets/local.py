@@ -30,6 +30,10 @@ class LocalTarget:
         root = Path(spec.target_dir).expanduser().absolute()
         if root.exists() and not root.is_dir():
             raise ConfigError("target.dir", str(root), "is not a directory: point target.dir at a directory")
+        mount = mount_of(root)  # of the nearest existing parent: checked before anything is created
+        if self.fs_types and mount.fs_type not in self.fs_types:
+            raise ConfigError("target.dir", str(root),
+                              f"is on {mount.fs_type}, not {'/'.join(self.fs_types)}: use target=local for it")
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as e:
@@ -37,9 +41,6 @@ class LocalTarget:
         if not os.access(root, os.W_OK | os.X_OK):
             raise ConfigError("target.dir", str(root), "is not writable: choose a writable directory")
         mount = mount_of(root)
-        if self.fs_types and mount.fs_type not in self.fs_types:
-            raise ConfigError("target.dir", str(root),
-                              f"is on {mount.fs_type}, not {'/'.join(self.fs_types)}: use target=local for it")
         placement = Placement(None, mount, block_device(mount.dev), "none")
         if not self.does_io:
             return placement
