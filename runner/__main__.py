@@ -1,10 +1,12 @@
 """python -m runner [overrides] | python -m runner -m key=a,b key2=c,d"""
+import signal
 import sys
 
 import hydra
 from omegaconf import DictConfig
 
-from runner import app, console, preflight, schema
+from runner import app, console, preflight, schema, tracking
+from workloads import Interrupted
 
 schema.register()
 app.register_resolvers()
@@ -21,4 +23,11 @@ if __name__ == "__main__":
         preflight.check(sys.argv[1:])
     except preflight.UserError as e:
         console.fail(str(e))
-    main()
+    app.stop_on_signals()
+    try:
+        main()
+    except Interrupted as e:
+        tracking.INTERRUPTED.append(e.signum)  # a sweep's parent closes as KILLED (at exit)
+        name = signal.Signals(e.signum).name
+        print(f"iosweep: stopped by {name}: scratch files removed, the run recorded as KILLED", file=sys.stderr)
+        sys.exit(128 + e.signum)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -16,12 +17,24 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 import workloads
-from workloads import ConfigError, DataSpec, Result, Spec, WorkloadError
+from workloads import ConfigError, DataSpec, Interrupted, Result, Spec, WorkloadError
 
 from . import console, host, tracking
 
 GROUPS = ("target", "pattern", "engine", "data", "point", "experiment")
 _UID = f"{os.getpid()}"
+
+
+def stop_on_signals() -> None:
+    """SIGINT and SIGTERM raise Interrupted once; later ones are ignored so that cleanup and the
+    record of the KILLED run complete."""
+    def handler(signum, frame):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
 
 
 def register_resolvers() -> None:
@@ -74,6 +87,7 @@ def to_spec(cfg: DictConfig) -> Spec:
         ramp_s=_number(cfg, "ramp_s", strict=False), direct=_switch(cfg, "direct"),
         direct_fallback=_switch(cfg, "direct_fallback"), end_fsync=_switch(cfg, "end_fsync"),
         engine=cfg.engine.name, ioengine=cfg.engine.ioengine, target=cfg.target.name, target_dir=cfg.target.dir,
+        target_path=cfg.target.path, allow_overwrite=_switch(cfg, "target.allow_overwrite"),
         data=DataSpec(cfg.data.name, _whole(cfg, "data.compress_ratio"), _whole(cfg, "data.dedup_ratio")),
         seed=_whole(cfg, "seed", 0), keep_files=_switch(cfg, "keep_files"),
         log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
@@ -108,6 +122,23 @@ def run_point(cfg: DictConfig) -> dict:
         spec = to_spec(cfg)
         print(f"iosweep: {console.describe(spec)}", flush=True)
         result = workloads.run(spec, progress=progress)
+    except Interrupted as stopped:  # record what was measured as KILLED, then stop (a sweep too)
+        progress.done()
+        reason = f"interrupted by {signal.Signals(stopped.signum).name}"
+        if stopped.partial is not None:
+            print(console.result_table(stopped.partial), flush=True)
+            record = dict(base, **_measured(cfg, hc, stopped.partial, run_dir, start_ms))
+            record["tags"]["iosweep.error"] = reason
+        else:
+            record = dict(base, metrics={}, end_ms=int(time.time() * 1000), artifacts=[[".hydra", ".hydra"]],
+                          tags={"iosweep.error": reason + " before the measured window",
+                                "iosweep.overrides": " ".join(base["overrides"]), **host.host_tags()})
+        record.update(status="KILLED", error=reason)
+        run_id = _write_and_publish(run_dir, record)
+        # Hydra calls no on_job_end for a job that raised: hand the point to the sweep summary
+        tracking.KILLED_POINTS.append({"status": "KILLED", "run_id": run_id, "metrics": record["metrics"],
+                                       "error": reason, "valid": False, "overrides": base["overrides"]})
+        raise
     except (ConfigError, WorkloadError) as e:
         progress.done()
         if not multirun and isinstance(e, ConfigError):

@@ -17,6 +17,8 @@ from hydra.core.config_store import ConfigStore
 class TargetConf:
     name: str = "local"
     dir: str = "outputs/scratch"  # relative paths are taken from the directory you run in
+    path: Optional[str] = None  # target=device: an existing file or block device
+    allow_overwrite: Any = False  # target=device: consent to overwrite it
 
 
 @dataclass

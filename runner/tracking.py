@@ -23,6 +23,8 @@ from . import secrets
 
 EXPERIMENT = "iosweep"
 PARENT_ENV = "IOSWEEP_PARENT_RUN_ID"
+INTERRUPTED: list[int] = []  # signals that stopped this process: a sweep's parent ends KILLED
+KILLED_POINTS: list[dict] = []  # the point a signal stopped (Hydra reports no job end for it)
 REPRODUCED_ENV = "IOSWEEP_REPRODUCED_FROM"  # set by runner.reproduce: tags the new run(s)
 OUTPUTS = Path("outputs")
 MAX_PARAMS, MAX_METRICS, MAX_TAGS = 100, 1000, 100  # MLflow's log_batch limits per call
@@ -223,6 +225,7 @@ class SweepCallback(Callback):
 
         parent, self.parent_id = self.parent_id, None
         os.environ.pop(PARENT_ENV, None)
+        self.points += KILLED_POINTS
         failed = [p for p in self.points if p["status"] != "FINISHED"]
         axes, table = summary.rows(self.points)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -263,7 +266,7 @@ class SweepCallback(Callback):
             if path.suffix in TEXT_ARTIFACTS:
                 path.write_text(secrets.mask_file_text(path.name, path.read_text()))
             c.log_artifact(parent, str(path))
-        c.set_terminated(parent, "FAILED" if failed else "FINISHED")
+        c.set_terminated(parent, "KILLED" if INTERRUPTED else "FAILED" if failed else "FINISHED")
         return failed
 
 

@@ -4,10 +4,10 @@
     result = run(Spec(pattern="rand_read", block_size=4096, writers=2, size_bytes=256 << 20))
     print(result.metrics())
 """
-from .errors import ConfigError, WorkloadError
+from .errors import ConfigError, Interrupted, WorkloadError
 from .job import run, worker_loop
 from .metrics import LatencyHistogram, Result
 from .spec import PATTERNS, DataSpec, Spec
 
-__all__ = ["ConfigError", "DataSpec", "LatencyHistogram", "PATTERNS", "Result", "Spec",
+__all__ = ["ConfigError", "Interrupted", "DataSpec", "LatencyHistogram", "PATTERNS", "Result", "Spec",
            "WorkloadError", "run", "worker_loop"]

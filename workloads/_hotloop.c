@@ -7,13 +7,16 @@
  * Everything else (plans, buffers, ramp, deadlines, histograms) stays in Python.
  *
  * run_ops(fd, mode, offsets, first, count, flags, wbuf, wi, rbuf, block,
- *         lat_r, nr, lat_w, nw, timed) -> (done, wi, nr, nw, err, ret)
+ *         lat_r, nr, lat_w, nw, timed, stop, deadline) -> (done, wi, nr, nw, err, ret)
  *   mode    0: pread/pwrite; 1: no I/O (the null engine)
  *   offsets int64 byte offsets; ops first .. first+count-1 are run
  *   flags   None (every op is a read if rbuf is given, else a write) or uint8 per op, 1 = read
  *   wbuf    the current write chunk: write i uses block wi of it; the loop returns when the chunk
  *           is used up and a write is next, so the caller can hand it the next chunk
  *   lat_*   int64 latency buffers (ns), filled from index nr / nw; the loop returns when one is full
+ *   stop    None or a one-byte shared buffer: the loop returns after the op during which it became
+ *           non-zero (a stop request reaches the worker within one op, not one batch)
+ *   deadline CLOCK_MONOTONIC ns after which the loop returns (0: none); checked after every op
  *   err     0, an errno, or -1 for a short transfer of `ret` bytes
  */
 #define PY_SSIZE_T_CLEAN
@@ -46,16 +49,18 @@ static void put_buffer(Py_buffer *view) {
 static PyObject *run_ops(PyObject *self, PyObject *args) {
     int fd, mode, timed;
     Py_ssize_t first, count, wi, block, nr, nw;
-    PyObject *offsets_o, *flags_o, *wbuf_o, *rbuf_o, *lat_r_o, *lat_w_o;
-    if (!PyArg_ParseTuple(args, "iiOnnOOnOnOnOnp", &fd, &mode, &offsets_o, &first, &count, &flags_o,
-                          &wbuf_o, &wi, &rbuf_o, &block, &lat_r_o, &nr, &lat_w_o, &nw, &timed))
+    long long deadline;
+    PyObject *offsets_o, *flags_o, *wbuf_o, *rbuf_o, *lat_r_o, *lat_w_o, *stop_o;
+    if (!PyArg_ParseTuple(args, "iiOnnOOnOnOnOnpOL", &fd, &mode, &offsets_o, &first, &count, &flags_o,
+                          &wbuf_o, &wi, &rbuf_o, &block, &lat_r_o, &nr, &lat_w_o, &nw, &timed, &stop_o, &deadline))
         return NULL;
 
-    Py_buffer offsets, flags, wbuf, rbuf, lat_r, lat_w;
-    offsets.obj = flags.obj = wbuf.obj = rbuf.obj = lat_r.obj = lat_w.obj = NULL;
+    Py_buffer offsets, flags, wbuf, rbuf, lat_r, lat_w, stop;
+    offsets.obj = flags.obj = wbuf.obj = rbuf.obj = lat_r.obj = lat_w.obj = stop.obj = NULL;
     PyObject *result = NULL;
     if (get_buffer(offsets_o, &offsets, 0) || get_buffer(flags_o, &flags, 0) || get_buffer(wbuf_o, &wbuf, 0) ||
-        get_buffer(rbuf_o, &rbuf, 1) || get_buffer(lat_r_o, &lat_r, 1) || get_buffer(lat_w_o, &lat_w, 1))
+        get_buffer(rbuf_o, &rbuf, 1) || get_buffer(lat_r_o, &lat_r, 1) || get_buffer(lat_w_o, &lat_w, 1) ||
+        get_buffer(stop_o, &stop, 0))
         goto out;
     if (block <= 0 || first < 0 || count < 0 || (first + count) * (Py_ssize_t)sizeof(int64_t) > offsets.len ||
         (flags.obj && first + count > flags.len) || (rbuf.obj && rbuf.len < block)) {
@@ -70,6 +75,7 @@ static PyObject *run_ops(PyObject *self, PyObject *args) {
     int64_t *lr = (int64_t *)lat_r.buf, *lw = (int64_t *)lat_w.buf;
     Py_ssize_t cap_r = lat_r.len / (Py_ssize_t)sizeof(int64_t), cap_w = lat_w.len / (Py_ssize_t)sizeof(int64_t);
     int all_reads = rbuf.obj != NULL && is_read == NULL;
+    volatile const char *stop_flag = (volatile const char *)stop.buf;
     Py_ssize_t done = 0;
     int err = 0;
     ssize_t ret = 0;
@@ -99,6 +105,14 @@ static PyObject *run_ops(PyObject *self, PyObject *args) {
             nw++;
             wi++;
         }
+        if (stop_flag && *stop_flag) {
+            done++;
+            break;
+        }
+        if (deadline && (timed ? t1 : now_ns()) >= deadline) {
+            done++;
+            break;
+        }
     }
     Py_END_ALLOW_THREADS
 
@@ -110,6 +124,7 @@ out:
     put_buffer(&rbuf);
     put_buffer(&lat_r);
     put_buffer(&lat_w);
+    put_buffer(&stop);
     return result;
 }
 

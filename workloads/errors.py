@@ -11,3 +11,14 @@ class ConfigError(ValueError):
 
 class WorkloadError(RuntimeError):
     """The run could not complete (I/O error, no space, a worker died). One line, no traceback."""
+
+
+class Interrupted(BaseException):
+    """The run was stopped by a signal. `partial` holds what was measured before it, if anything.
+
+    A BaseException, like KeyboardInterrupt, so no `except Exception` on the way swallows it.
+    """
+
+    def __init__(self, signum: int, partial=None):
+        self.signum, self.partial = signum, partial
+        super().__init__(f"interrupted by signal {signum}")

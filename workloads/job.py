@@ -26,7 +26,7 @@ import psutil
 from . import engines, targets
 from ._hotloop import run_ops
 from .data import aligned_buffer, measure_ratios, write_source
-from .errors import WorkloadError
+from .errors import Interrupted, WorkloadError
 from .judge import judge
 from .metrics import MIB, LatencyHistogram, Result, combine
 from .patterns import op_chunks
@@ -45,18 +45,32 @@ def run(spec: Spec, progress=None) -> Result:
     spec.check()
     engine = engines.get(spec.engine)
     engine.check(spec)
-    results = [_run_once(spec, engine, progress) for _ in range(spec.repeats)]
+    results: list[Result] = []
+    try:
+        for _ in range(spec.repeats):
+            results.append(_run_once(spec, engine, progress))
+    except Interrupted as stopped:  # keep what the finished repeats and the stopped one measured
+        done = results + ([stopped.partial] if stopped.partial else [])
+        stopped.partial = _verdict(spec, done[0] if len(done) == 1 else combine(done)) if done else None
+        raise
     result = results[0] if len(results) == 1 else combine(results)
     result.data_measured = measure_ratios(spec)
+    return _verdict(spec, result)
+
+
+def _verdict(spec: Spec, result: Result) -> Result:
     valid, verdicts = judge(spec, result)
-    result.valid = valid
+    result.valid = valid and not result.info.get("stopped")
     result.warnings = verdicts + [w for w in result.warnings if w not in verdicts]
+    if result.info.get("stopped"):
+        result.warnings.insert(0, "the run was interrupted: these are the figures up to the stop")
     return result
 
 
 def _run_once(spec: Spec, engine, progress) -> Result:
     target = targets.get(spec.target)(spec, engine.does_io)
     placement = target.prepare()
+    result = None
     try:
         if engine.does_io:
             target.create_files(placement)
@@ -64,11 +78,15 @@ def _run_once(spec: Spec, engine, progress) -> Result:
             result = engine.run_job(spec, target, placement, progress)
         else:
             result = _run_workers(spec, placement, progress)
-        result.warnings[:0] = placement.warnings
-        result.info.update(placement.info())
-        if spec.keep_files:
-            result.info["files"] = [str(p) for p in placement.files]
+    except Interrupted as stopped:
+        result = stopped.partial
+        raise
     finally:
+        if result is not None:  # also what an interrupted run measured: say where it ran
+            result.warnings[:0] = placement.warnings
+            result.info.update(placement.info())
+            if spec.keep_files:
+                result.info["files"] = [str(p) for p in placement.files]
         if not spec.keep_files:
             target.cleanup(placement)
     return result
@@ -79,13 +97,13 @@ def _cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _layout(fd: int, spec: Spec, source) -> None:
-    """Write the whole file sequentially with the configured data, then fsync: outside the window."""
+def _layout(fd: int, spec: Spec, source, base: int = 0) -> None:
+    """Write the worker's region sequentially with the configured data, then fsync: outside the window."""
     pos, size = 0, spec.file_size
     while pos < size:
         chunk = memoryview(source.current_chunk())
         n = min(len(chunk), size - pos)
-        done = os.pwrite(fd, chunk[:n], pos)
+        done = os.pwrite(fd, chunk[:n], base + pos)
         chunk.release()
         if done != n:
             raise OSError(errno.ENOSPC, "short write while laying out the file")
@@ -105,13 +123,13 @@ def prepare_files(spec: Spec, placement) -> list[str]:
     """Lay out and evict every file, drop caches if asked, let the device settle: the same for
     every engine, so iosweep's loop and fio start from the same state. Returns warnings."""
     direct = placement.io_mode in ("direct", "direct-ignored")
-    for worker, path in enumerate(placement.files):
+    for worker, path in enumerate(placement.worker_paths(spec.writers)):
         fd = os.open(path, os.O_RDWR | (os.O_DIRECT if direct else 0))
         try:
             if spec.needs_layout:
                 source = write_source(spec, worker)
                 try:
-                    _layout(fd, spec, source)
+                    _layout(fd, spec, source, placement.offset(worker, spec.file_size))
                 finally:
                     source.close()
             if spec.cache != "warm":
@@ -146,9 +164,10 @@ class Aborted(Exception):
 
 
 def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_start, ops_done=None,
-                stop=None, prepared: bool = False) -> dict:
+                stop=None, prepared: bool = False, base: int = 0) -> dict:
     """Prepare (unless `prepared`: the caller laid out and evicted the file), wait for
-    `wait_start()`, run the measured loop, return counters and histograms."""
+    `wait_start()`, run the measured loop over the region starting at `base`, return counters
+    and histograms."""
     bs = spec.block_size
     mode = engines.get(spec.engine).hot_mode
     fd = -1
@@ -161,7 +180,7 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
     rbuf = aligned_buffer(bs) if spec.reads else None
     try:
         if lay_out:
-            _layout(fd, spec, wsrc)
+            _layout(fd, spec, wsrc, base)
         if fd >= 0 and spec.cache != "warm" and not prepared:
             _evict(fd)
         hist_r, hist_w = LatencyHistogram(), LatencyHistogram()
@@ -172,6 +191,7 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
         group = max(1, min(GROUP_MAX_OPS, GROUP_BYTES // bs))
         timed = spec.latency
         clock = time.perf_counter_ns  # CLOCK_MONOTONIC, the clock run_ops reads too
+        parent = os.getppid()
 
         wait_start()
         if stop is not None and stop.value:
@@ -184,11 +204,14 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
         total_ops = 0
         finished = False
         for offsets, flags in op_chunks(spec, worker):
+            if base:
+                offsets = offsets + base
             flags = flags.view(np.uint8) if flags is not None else None
             pos = 0
             while pos < len(offsets):
                 done, wi, n_r, n_w, err, ret = run_ops(fd, mode, offsets, pos, min(group, len(offsets) - pos), flags,
-                                                       wchunk, wi, rbuf, bs, lat_r, n_r, lat_w, n_w, timed)
+                                                       wchunk, wi, rbuf, bs, lat_r, n_r, lat_w, n_w, timed,
+                                                       stop, 0 if deadline == NEVER else deadline)
                 pos += done
                 total_ops += done
                 if err:
@@ -207,8 +230,8 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                     hist_r, hist_w, n_r, n_w, ops_r, ops_w = LatencyHistogram(), LatencyHistogram(), 0, 0, 0, 0
                     measuring, t_measure, cpu0 = True, t1, _cpu_s()
                     wait0 = wsrc.wait_ns if wsrc else 0
-                if t1 >= deadline or (stop is not None and stop.value):
-                    finished = True
+                if t1 >= deadline or (stop is not None and stop.value) or os.getppid() != parent:
+                    finished = True  # time is up, the parent asked us to stop, or it died
                     break
             if finished:
                 break
@@ -239,7 +262,7 @@ def _fold(hist: LatencyHistogram, lat: np.ndarray, n: int, timed: bool) -> int:
     return 0
 
 
-def _worker_main(spec, worker, path, direct, shared, results):
+def _worker_main(spec, worker, path, direct, base, shared, results):
     """Process entry point: the parent handles Ctrl-C and tells workers through `stop`."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     out = {"worker": worker, "error": None}
@@ -250,7 +273,8 @@ def _worker_main(spec, worker, path, direct, shared, results):
         shared.starts[worker] = time.perf_counter_ns()
 
     try:
-        out = worker_loop(spec, worker, path, direct, wait_start, shared.ops_done, shared.stop, prepared=True)
+        out = worker_loop(spec, worker, path, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
+                          base=base)
         out["error"] = None
     except Aborted:
         out["aborted"] = True
@@ -339,15 +363,16 @@ def drop_caches() -> str | None:
 
 
 def _run_workers(spec: Spec, placement, progress) -> Result:
-    warnings = prepare_files(spec, placement) if placement.files else []
+    paths = [str(p) for p in placement.worker_paths(spec.writers)]
+    warnings = prepare_files(spec, placement) if paths else []
     ctx = mp.get_context("spawn")
     n = spec.writers
     shared = _Shared(ctx, n)
     results = ctx.Queue()
     direct = placement.io_mode in ("direct", "direct-ignored")
-    paths = [str(p) for p in placement.files] or [None] * n
+    paths = paths or [None] * n
     procs = [ctx.Process(target=_worker_main, name=f"iosweep-worker-{w}", daemon=True,
-                         args=(spec, w, paths[w], direct, shared, results))
+                         args=(spec, w, paths[w], direct, placement.offset(w, spec.file_size), shared, results))
              for w in range(n)]
     for p in procs:
         p.start()
@@ -361,6 +386,19 @@ def _run_workers(spec: Spec, placement, progress) -> Result:
             shared.go.set()
             _collect(got, procs, results, shared, until=lambda: len(got) == n, sampler=sampler)
             dev1 = device_counters(placement.device)
+    except (KeyboardInterrupt, Interrupted) as e:
+        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+        shared.stop.value = 1  # workers return after their current op
+        _reap(procs, results, got)
+        measured = [o for o in got.values() if "hist_r" in o]
+        partial = None
+        if shared.go.is_set() and len(measured) == n:
+            partial = _merge(spec, measured, placement, sampler.rows)
+            partial.info["stopped"] = True
+            dev1 = device_counters(placement.device)
+            if dev0 and dev1:
+                partial.device_read_bytes, partial.device_write_bytes = dev1[0] - dev0[0], dev1[1] - dev0[1]
+        raise Interrupted(signum, partial) from None
     finally:
         shared.stop.value = 1
         shared.go.set()
@@ -411,6 +449,12 @@ def _reap(procs, results, got: dict) -> None:
         if p.is_alive():
             p.terminate()
         p.join()
+    while len(got) < len(procs):  # results flushed just before their worker exited
+        try:
+            out = results.get(timeout=0.1)
+            got.setdefault(out["worker"], out)
+        except queue.Empty:
+            break
 
 
 def _describe(err: dict, placement) -> str:

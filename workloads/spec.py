@@ -42,6 +42,8 @@ class Spec:
     ioengine: str | None = None  # engine=fio only: fio's ioengine (psync by default)
     target: str = "local"
     target_dir: str = "outputs/scratch"
+    target_path: str | None = None  # target=device: an existing file or block device
+    allow_overwrite: bool = False  # target=device: consent to overwrite target_path
     data: DataSpec = field(default_factory=DataSpec)
     seed: int = 0
     keep_files: bool = False

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError, WorkloadError
@@ -23,16 +24,19 @@ RW = {"seq_write": "write", "seq_read": "read", "rand_read": "randread", "rand_w
 LOG_PREFIX = "fiolog"
 
 
-def job_file(spec: Spec, scratch: Path) -> str:
+def job_file(spec: Spec, placement, logs: Path) -> str:
     ms = lambda s: f"{int(round(s * 1000))}ms"  # noqa: E731
+    if placement.shared_path is not None:  # target=device: one path, a region per job
+        where = [f"filename={placement.shared_path}", f"offset_increment={spec.file_size}"]
+    else:
+        where = [f"directory={placement.scratch}", "filename_format=job$jobnum.dat"]  # the files iosweep created
     lines = ["[global]", f"ioengine={spec.ioengine or 'psync'}", f"rw={RW[spec.pattern]}",
-             f"bs={spec.block_size}", f"size={spec.file_size}", f"numjobs={spec.writers}",
-             f"directory={scratch}", "filename_format=job$jobnum.dat",  # the files iosweep created
+             f"bs={spec.block_size}", f"size={spec.file_size}", f"numjobs={spec.writers}", *where,
              f"direct={int(spec.direct)}", "invalidate=0",  # iosweep evicts (cache=...) itself
              "fallocate=none",  # iosweep's own engines do not preallocate either
              "group_reporting=1", "percentile_list=50:90:99:99.9", f"randseed={spec.seed + 1}",
              f"log_avg_msec={max(1, int(spec.log_interval_s * 1000))}",
-             f"write_bw_log={scratch / LOG_PREFIX}", f"write_iops_log={scratch / LOG_PREFIX}"]
+             f"write_bw_log={logs / LOG_PREFIX}", f"write_iops_log={logs / LOG_PREFIX}"]
     if spec.pattern == "mixed":
         lines.append(f"rwmixread={spec.read_pct}")
     if spec.duration_s:
@@ -67,12 +71,12 @@ def histogram(clat_ns: dict) -> LatencyHistogram:
     return h
 
 
-def timeseries(scratch: Path, spec: Spec) -> list[dict]:
+def timeseries(logs: Path, spec: Spec) -> list[dict]:
     """Sum fio's per-job bandwidth/IOPS logs (time ms, value, dir, ...) per interval."""
     rows: dict[int, dict] = {}
     step = max(1, int(spec.log_interval_s * 1000))
     for kind, field in (("bw", "mib_s"), ("iops", "iops")):
-        for log in sorted(scratch.glob(f"{LOG_PREFIX}_{kind}.*.log")):
+        for log in sorted(logs.glob(f"{LOG_PREFIX}_{kind}.*.log")):
             for line in log.read_text().splitlines():
                 parts = [p.strip() for p in line.split(",")]
                 if len(parts) < 2:
@@ -97,21 +101,23 @@ class FioEngine(Engine):
         from ..job import device_counters, prepare_files
 
         warnings = prepare_files(spec, placement)
-        job = job_file(spec, placement.scratch)
-        job_path = placement.scratch / "iosweep.fio"
-        job_path.write_text(job)
-        placement.files.append(job_path)
-        dev0 = device_counters(placement.device)
-        proc = subprocess.run(["fio", "--output-format=json+", str(job_path)], capture_output=True, text=True)
-        dev1 = device_counters(placement.device)
-        placement.files.extend(p for p in placement.scratch.glob(f"{LOG_PREFIX}_*.log") if p not in placement.files)
+        # fio's job file and logs go to a directory of our own, never into the target
+        with tempfile.TemporaryDirectory(prefix="iosweep-fio-") as tmp:
+            logs = Path(tmp)
+            job = job_file(spec, placement, logs)
+            job_path = logs / "iosweep.fio"
+            job_path.write_text(job)
+            dev0 = device_counters(placement.device)
+            proc = subprocess.run(["fio", "--output-format=json+", str(job_path)], capture_output=True, text=True)
+            dev1 = device_counters(placement.device)
+            series = timeseries(logs, spec)
         try:
             out = json.loads(proc.stdout[proc.stdout.index("{"):])
         except ValueError:
             out = None
         if proc.returncode != 0 or out is None or out["jobs"][0].get("error"):
             err = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            raise WorkloadError(f"fio failed on {placement.scratch}: {err}")
+            raise WorkloadError(f"fio failed on {placement.scratch or placement.shared_path}: {err}")
         job_out = out["jobs"][0]
         rd, wr = job_out["read"], job_out["write"]
         cpu_s = (job_out["usr_cpu"] + job_out["sys_cpu"]) / 100 * job_out["job_runtime"] / 1000
@@ -119,7 +125,7 @@ class FioEngine(Engine):
             elapsed_s=max(rd["runtime"], wr["runtime"]) / 1000, bytes_read=rd["io_bytes"],
             bytes_written=wr["io_bytes"], ops_read=rd["total_ios"], ops_written=wr["total_ios"],
             lat_read=histogram(rd["clat_ns"]), lat_write=histogram(wr["clat_ns"]),
-            io_mode=placement.io_mode, cpu_s=cpu_s, warnings=warnings, timeseries=timeseries(placement.scratch, spec),
+            io_mode=placement.io_mode, cpu_s=cpu_s, warnings=warnings, timeseries=series,
             info={"fio_version": out.get("fio version", ""), "ramp_done": True},
             attachments={"fio_job.fio": job, "fio_output.json": proc.stdout},
         )

@@ -1,3 +1,3 @@
 """Where the bytes go. Adding a target = one module, one import line here, one YAML file."""
-from . import local  # noqa: F401  (registers local, tmpfs)
+from . import device, local  # noqa: F401  (register local, tmpfs, device)
 from .base import REGISTRY, Mount, Placement, block_device, get, mount_of  # noqa: F401

@@ -69,13 +69,26 @@ class Placement:
     mount: Mount
     device: str | None
     io_mode: str
-    files: list[Path] = field(default_factory=list)
+    files: list[Path] = field(default_factory=list)  # what this run created, and will remove
     warnings: list[str] = field(default_factory=list)
+    shared_path: Path | None = None  # target=device: one existing path, a region per worker
 
     def worker_path(self, worker: int) -> Path:
+        if self.shared_path is not None:
+            return self.shared_path
         return self.scratch / f"job{worker}.dat"  # fio's filename_format=job$jobnum.dat names the same
+
+    def worker_paths(self, writers: int) -> list[Path]:
+        """The file each worker uses: the run's own files, or the shared existing path."""
+        if self.shared_path is not None:
+            return [self.shared_path] * writers
+        return list(self.files)
+
+    def offset(self, worker: int, file_size: int) -> int:
+        """Where the worker's region starts in its file."""
+        return worker * file_size if self.shared_path is not None else 0
 
     def info(self) -> dict:
         return {"scratch_dir": str(self.scratch) if self.scratch else "", "fs_type": self.mount.fs_type,
                 "mountpoint": self.mount.mountpoint, "mount_opts": self.mount.options,
-                "device": self.device or ""}
+                "device": self.device or "", "target_path": str(self.shared_path or "")}

@@ -13,7 +13,8 @@ from ..spec import Spec
 from .base import Placement, block_device, mount_of, register
 
 RAM_FS = ("tmpfs", "ramfs")
-SPACE_MARGIN = 64 << 20  # leave the filesystem some room for metadata and for everyone else
+SPACE_MARGIN = 64 << 20  # leave the filesystem some room for metadata and for everyone else...
+SPACE_MARGIN_SHARE = 20  # ...but on a small filesystem no more than 1/20 of it
 
 
 @register
@@ -45,8 +46,9 @@ class LocalTarget:
         if not self.does_io:
             return placement
         need = spec.file_size * spec.writers
-        free = shutil.disk_usage(root).free
-        if need + SPACE_MARGIN > free:
+        usage = shutil.disk_usage(root)
+        free = usage.free
+        if need + min(SPACE_MARGIN, usage.total // SPACE_MARGIN_SHARE) > free:
             raise ConfigError("size_mb", spec.size_bytes >> 20,
                               f"needs {need >> 20} MiB but {root} has {free >> 20} MiB free: "
                               "lower size_mb or choose another target.dir")
