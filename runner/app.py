@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -165,9 +166,14 @@ def _write_and_publish(run_dir: Path, record: dict) -> str | None:
     try:
         run_id = tracking.publish(run_dir)
     except Exception as e:  # any failure of the store: the result is safe on disk
-        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        console.fail(f"tracking store {tracking.tracking_uri()} unavailable ({reason}); the result is kept in "
-                     f"{run_dir / 'result.json'}: import it later with python -m runner.sync {run_dir}", code=3)
+        message = (f"tracking store {tracking.tracking_uri()} unavailable ({tracking.store_reason(e)}); the result "
+                   f"is kept in {run_dir / 'result.json'}: import it later with python -m runner.sync {run_dir}")
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            console.fail(message, code=3)
+        # a sweep goes on: its other points are worth measuring; it exits 3 at the end (SweepCallback)
+        print(f"iosweep: error: {message}", file=sys.stderr, flush=True)
+        tracking.UNPUBLISHED.append(run_dir)
+        return None
     print(f"  mlflow run {run_id}  ({tracking.tracking_uri()})", flush=True)
     return run_id
 

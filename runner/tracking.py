@@ -7,6 +7,7 @@ parent can be closed from a Hydra callback or at exit whatever happened to its p
 from __future__ import annotations
 
 import atexit
+import fcntl
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ from . import secrets
 
 EXPERIMENT = "iosweep"
 PARENT_ENV = "IOSWEEP_PARENT_RUN_ID"
+UNPUBLISHED: list[Path] = []  # sweep points kept only in their run dir: the sweep exits 3
 INTERRUPTED: list[int] = []  # signals that stopped this process: a sweep's parent ends KILLED
 KILLED_POINTS: list[dict] = []  # the point a signal stopped (Hydra reports no job end for it)
 REPRODUCED_ENV = "IOSWEEP_REPRODUCED_FROM"  # set by runner.reproduce: tags the new run(s)
@@ -44,9 +46,15 @@ def client():
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # not the store's table-creation chatter
 
     uri = tracking_uri()
-    if uri.startswith("sqlite:///"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    return MlflowClient(tracking_uri=uri)
+    if not uri.startswith("sqlite:///"):
+        return MlflowClient(tracking_uri=uri)
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    # MLflow creates and migrates a sqlite store's tables when a client opens it, unlocked: two
+    # runs started at once on a new outputs/ break the store for good (_alembic_tmp_* tables left).
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return MlflowClient(tracking_uri=uri)  # opens the store: tables created/migrated here
 
 
 def experiment_id(c) -> str:
@@ -92,6 +100,8 @@ def log_run(*, name: str, params: dict[str, str], metrics: dict[str, float], tag
 
     c = client()
     tags = {k: secrets.mask_text(str(v)) for k, v in tags.items()}
+    # publish() finds a run by this id: it goes on last, so a run cut short is imported again
+    result_id = tags.pop("iosweep.result_id", None)
     params = secrets.mask_mapping(params)
     if parent_id:
         tags["mlflow.parentRunId"] = parent_id
@@ -119,6 +129,8 @@ def log_run(*, name: str, params: dict[str, str], metrics: dict[str, float], tag
                     else:
                         shutil.copyfile(src, dst)
             c.log_artifacts(run_id, tmp)
+        if result_id:
+            c.set_tag(run_id, "iosweep.result_id", result_id)
     except BaseException:
         c.set_terminated(run_id, "FAILED")
         raise
@@ -192,10 +204,15 @@ class SweepCallback(Callback):
         from .host import host_tags
 
         tags.update(host_tags())
-        c = client()
-        run = c.create_run(experiment_id(c), tags=tags, run_name=f"sweep {overrides}")
-        self.parent_id = run.info.run_id
         self.sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            c = client()
+            run = c.create_run(experiment_id(c), tags=tags, run_name=f"sweep {overrides}")
+        except Exception as e:  # Hydra would only warn, with MLflow's whole message: say it in one line
+            print(f"iosweep: error: tracking store {tracking_uri()} unavailable ({store_reason(e)}); the sweep "
+                  f"goes on, every point is kept in its run dir", file=sys.stderr, flush=True)
+            return
+        self.parent_id = run.info.run_id
         os.environ[PARENT_ENV] = self.parent_id
         atexit.register(self._finish)  # Hydra skips on_multirun_end when a job raised
 
@@ -209,6 +226,11 @@ class SweepCallback(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         failed = self._finish()
+        if UNPUBLISHED:
+            from .console import fail
+
+            fail(f"{len(UNPUBLISHED)} of {len(self.points)} points are not in the tracking store "
+                 f"{tracking_uri()}: import them with python -m runner.sync {self.sweep_dir}", code=3)
         if failed:
             first = failed[0]
             print(secrets.mask_text(f"iosweep: {len(failed)} of {len(self.points)} points failed; first: "
@@ -268,6 +290,11 @@ class SweepCallback(Callback):
             c.log_artifact(parent, str(path))
         c.set_terminated(parent, "KILLED" if INTERRUPTED else "FAILED" if failed else "FINISHED")
         return failed
+
+
+def store_reason(e: Exception) -> str:
+    """The first line of a store error: MLflow's messages run to pages."""
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
 def parent_run_id() -> str | None:
