@@ -52,3 +52,20 @@ def test_result_metrics_units():
     assert m["throughput_mib_s"] == 50.0 and m["iops"] == 50.0
     assert m["lat_p50_us"] == pytest.approx(2.0, rel=0.01) and m["lat_max_us"] == 2.0
     assert m["cpu_util_pct"] == 50.0 and "read_throughput_mib_s" not in m
+
+
+def test_c_loop_buckets_match_the_python_histogram():
+    """run_ops adds each latency to its bucket in C: the formula must be metrics.bucket_index."""
+    from workloads._hotloop import run_ops
+    from workloads.job import _Recorder
+
+    offsets = np.arange(5000, dtype=np.int64) * 4096
+    rec_r, rec_w = _Recorder(), _Recorder()
+    rbuf = bytearray(4096)
+    done, wi, nr, nw, err, ret = run_ops(-1, 1, offsets, 0, len(offsets), None, None, 0, rbuf, 4096,
+                                         rec_r.counts, rec_r.stats, rec_w.counts, rec_w.stats, True, None, 0)
+    h = rec_r.histogram()
+    assert (done, nr, nw, err) == (5000, 5000, 0, 0) and h.total == 5000 and rec_w.histogram().total == 0
+    assert 0 <= h.min_ns <= h.mean_ns <= h.max_ns and h.max_ns > 0  # a no-op takes 0-100 ns
+    for value in (h.min_ns, h.max_ns):  # the extremes C saw must sit in buckets C counted
+        assert h.counts[bucket_index(np.array([value]))[0]] > 0

@@ -28,11 +28,10 @@ from ._hotloop import run_ops
 from .data import aligned_buffer, measure_ratios, write_source
 from .errors import Interrupted, WorkloadError
 from .judge import judge
-from .metrics import MIB, LatencyHistogram, Result, combine
+from .metrics import MIB, N_BUCKETS, LatencyHistogram, Result, combine
 from .patterns import op_chunks
 from .spec import Spec
 
-LAT_CAP = 1 << 16  # latencies buffered per worker before folding into the histogram
 POLL_S = 0.05
 GROUP_BYTES = 16 << 20  # publish progress / check the clock about every 16 MiB...
 GROUP_MAX_OPS = 256  # ...or every 256 ops, whichever comes first
@@ -183,9 +182,8 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
             _layout(fd, spec, wsrc, base)
         if fd >= 0 and spec.cache != "warm" and not prepared:
             _evict(fd)
-        hist_r, hist_w = LatencyHistogram(), LatencyHistogram()
-        lat_r, lat_w = np.zeros(LAT_CAP, dtype=np.int64), np.zeros(LAT_CAP, dtype=np.int64)
-        n_r = n_w = ops_r = ops_w = wi = 0
+        rec_r, rec_w = _Recorder(), _Recorder()  # filled in place by run_ops
+        ops_r = ops_w = wi = 0
         wchunk = wsrc.current_chunk() if spec.writes else None
         wper = len(wchunk) // bs if wchunk is not None else 0
         group = max(1, min(GROUP_MAX_OPS, GROUP_BYTES // bs))
@@ -210,24 +208,22 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
             pos = 0
             while pos < len(offsets):
                 done, wi, n_r, n_w, err, ret = run_ops(fd, mode, offsets, pos, min(group, len(offsets) - pos), flags,
-                                                       wchunk, wi, rbuf, bs, lat_r, n_r, lat_w, n_w, timed,
-                                                       stop, 0 if deadline == NEVER else deadline)
+                                                       wchunk, wi, rbuf, bs, rec_r.counts, rec_r.stats, rec_w.counts,
+                                                       rec_w.stats, timed, stop, 0 if deadline == NEVER else deadline)
                 pos += done
                 total_ops += done
+                ops_r += n_r
+                ops_w += n_w
                 if err:
                     raise OSError(err, os.strerror(err)) if err > 0 else \
                         OSError(errno.ENOSPC if spec.writes else errno.EIO, f"short I/O: {ret} of {bs} bytes")
-                if n_r == LAT_CAP:
-                    ops_r, n_r = ops_r + n_r, _fold(hist_r, lat_r, n_r, timed)
-                if n_w == LAT_CAP:
-                    ops_w, n_w = ops_w + n_w, _fold(hist_w, lat_w, n_w, timed)
                 if wi == wper and wchunk is not None:
                     wchunk, wi = wsrc.advance(), 0
                 if ops_done is not None:
                     ops_done[worker] = total_ops
                 t1 = clock()
                 if not measuring and t1 >= ramp_end:  # warm-up over: forget what it measured
-                    hist_r, hist_w, n_r, n_w, ops_r, ops_w = LatencyHistogram(), LatencyHistogram(), 0, 0, 0, 0
+                    rec_r, rec_w, ops_r, ops_w = _Recorder(), _Recorder(), 0, 0
                     measuring, t_measure, cpu0 = True, t1, _cpu_s()
                     wait0 = wsrc.wait_ns if wsrc else 0
                 if t1 >= deadline or (stop is not None and stop.value) or os.getppid() != parent:
@@ -235,9 +231,7 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                     break
             if finished:
                 break
-        ops_r, ops_w = ops_r + n_r, ops_w + n_w
-        _fold(hist_r, lat_r, n_r, timed)
-        _fold(hist_w, lat_w, n_w, timed)
+        hist_r, hist_w = rec_r.histogram(), rec_w.histogram()
         if spec.writes and fd >= 0 and spec.end_fsync:
             os.fsync(fd)  # buffered writes reach the device inside the window (fio end_fsync)
         t_end = clock()
@@ -255,11 +249,17 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
             os.close(fd)
 
 
-def _fold(hist: LatencyHistogram, lat: np.ndarray, n: int, timed: bool) -> int:
-    """Move n buffered latencies into the histogram; returns the new fill level (0)."""
-    if timed and n:
-        hist.add(lat[:n])
-    return 0
+class _Recorder:
+    """What run_ops fills per direction: histogram counts and sum / min / max, in place."""
+
+    def __init__(self):
+        self.counts = np.zeros(N_BUCKETS, dtype=np.int64)
+        self.stats = np.array([0, np.iinfo(np.int64).max, 0], dtype=np.int64)
+
+    def histogram(self) -> LatencyHistogram:
+        total = int(self.counts.sum())
+        return LatencyHistogram(counts=self.counts, total=total, sum_ns=int(self.stats[0]),
+                                min_ns=int(self.stats[1]) if total else 0, max_ns=int(self.stats[2]))
 
 
 def _worker_main(spec, worker, path, direct, base, shared, results):
@@ -299,6 +299,7 @@ class _Sampler:
         self.rows: list[dict] = []
         self.last_t = self.last_ops = 0
         self.last_dev = None
+        self.dev_after_ramp = None  # device counters when ramp_s ended (to one poll, <= 50 ms)
         self.next_log = self.next_progress = 0
 
     def poll(self) -> None:
@@ -312,6 +313,8 @@ class _Sampler:
             self.last_t = self.t0
             self.last_dev = device_counters(self.device)
             psutil.cpu_percent(None)  # starts psutil's interval
+        if self.dev_after_ramp is None and self.spec.ramp_s and now - self.t0 >= self.spec.ramp_s * 1e9:
+            self.dev_after_ramp = device_counters(self.device)
         if now < self.next_log and now < self.next_progress:
             return
         ops = sum(self.ops_done)
@@ -408,6 +411,8 @@ def _run_workers(spec: Spec, placement, progress) -> Result:
         raise WorkloadError(_describe(errors[0]["error"], placement))
     result = _merge(spec, list(got.values()), placement, sampler.rows)
     result.warnings[:0] = warnings
+    if spec.ramp_s:  # the device counters cover the measured window only, as the metrics do
+        dev0 = sampler.dev_after_ramp
     if dev0 and dev1:
         result.device_read_bytes, result.device_write_bytes = dev1[0] - dev0[0], dev1[1] - dev0[1]
     return result
