@@ -391,11 +391,11 @@ def _run_workers(spec: Spec, placement, progress) -> Result:
             dev1 = device_counters(placement.device)
     except (KeyboardInterrupt, Interrupted) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
-        shared.stop.value = 1  # workers return after their current op
-        _reap(procs, results, got)
+        started = shared.go.is_set()
+        _stop(shared, procs, results, got)  # workers return after their current op
         measured = [o for o in got.values() if "hist_r" in o]
         partial = None
-        if shared.go.is_set() and len(measured) == n:
+        if started and len(measured) == n:
             partial = _merge(spec, measured, placement, sampler.rows)
             partial.info["stopped"] = True
             dev1 = device_counters(placement.device)
@@ -403,9 +403,7 @@ def _run_workers(spec: Spec, placement, progress) -> Result:
                 partial.device_read_bytes, partial.device_write_bytes = dev1[0] - dev0[0], dev1[1] - dev0[1]
         raise Interrupted(signum, partial) from None
     finally:
-        shared.stop.value = 1
-        shared.go.set()
-        _reap(procs, results, got)
+        _stop(shared, procs, results, got)
     errors = [o for o in got.values() if o.get("error")]
     if errors:
         raise WorkloadError(_describe(errors[0]["error"], placement))
@@ -441,8 +439,18 @@ def _collect(got: dict, procs, results, shared, until, sampler=None) -> None:
             sampler.poll()
 
 
+def _stop(shared, procs, results, got: dict) -> None:
+    """Tell every worker to stop (releasing any still waiting to start), then reap them."""
+    shared.stop.value = 1
+    shared.go.set()
+    _reap(procs, results, got)
+
+
 def _reap(procs, results, got: dict) -> None:
-    """Let workers finish (reading what they still send, so none blocks on a full pipe), then end them."""
+    """Let workers finish (reading what they still send, so none blocks on a full pipe), then end them.
+    Once they are all reaped this returns at once."""
+    if all(p.exitcode is not None for p in procs) and len(got) == len(procs):
+        return
     deadline = time.monotonic() + 2.0
     while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
         try:
