@@ -130,11 +130,9 @@ def run_point(cfg: DictConfig) -> dict:
             print(console.result_table(stopped.partial), flush=True)
             record = dict(base, **_measured(cfg, hc, stopped.partial, run_dir, start_ms))
             record["tags"]["iosweep.error"] = reason
+            record.update(status="KILLED", error=reason)
         else:
-            record = dict(base, metrics={}, end_ms=int(time.time() * 1000), artifacts=[[".hydra", ".hydra"]],
-                          tags={"iosweep.error": reason + " before the measured window",
-                                "iosweep.overrides": " ".join(base["overrides"]), **host.host_tags()})
-        record.update(status="KILLED", error=reason)
+            record = _unmeasured(base, "KILLED", reason, why=reason + " before the measured window")
         run_id = _write_and_publish(run_dir, record)
         # Hydra calls no on_job_end for a job that raised: hand the point to the sweep summary
         tracking.KILLED_POINTS.append({"status": "KILLED", "run_id": run_id, "metrics": record["metrics"],
@@ -144,10 +142,7 @@ def run_point(cfg: DictConfig) -> dict:
         progress.done()
         if not multirun and isinstance(e, ConfigError):
             console.fail(str(e))  # bad input, single run: one line, no MLflow run
-        record = dict(base, status="FAILED", error=str(e), metrics={}, end_ms=int(time.time() * 1000),
-                      tags={"iosweep.error": str(e), "iosweep.overrides": " ".join(base["overrides"]),
-                            **host.host_tags()}, artifacts=[[".hydra", ".hydra"]])
-        run_id = _write_and_publish(run_dir, record)
+        run_id = _write_and_publish(run_dir, _unmeasured(base, "FAILED", str(e)))
         if not multirun:
             console.fail(str(e))
         print(f"iosweep: point failed: {e}", flush=True)
@@ -157,6 +152,14 @@ def run_point(cfg: DictConfig) -> dict:
     record = dict(base, **_measured(cfg, hc, result, run_dir, start_ms))
     run_id = _write_and_publish(run_dir, record)
     return {"status": "FINISHED", "run_id": run_id, "metrics": record["metrics"], "error": None, "valid": result.valid}
+
+
+def _unmeasured(base: dict, status: str, error: str, why: str | None = None) -> dict:
+    """The record of a point that measured nothing: its status, why, and its overrides."""
+    return dict(base, status=status, error=error, metrics={}, end_ms=int(time.time() * 1000),
+                artifacts=[[".hydra", ".hydra"]],
+                tags={"iosweep.error": why or error, "iosweep.overrides": " ".join(base["overrides"]),
+                      **host.host_tags()})
 
 
 def _write_and_publish(run_dir: Path, record: dict) -> str | None:
