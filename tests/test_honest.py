@@ -106,7 +106,7 @@ def test_fio_engine_runs_the_same_point(tmp_path, pattern):
     r = run(s)
     m = r.metrics()
     job = r.attachments["fio_job.fio"]
-    assert "numjobs=2" in job and f"bs=4096" in job and "direct=1" in job and "time_based=1" in job
+    assert "numjobs=2" in job and "bs=4096" in job and "direct=1" in job and "time_based=1" in job
     assert f"rw={fio_engine.RW[pattern]}" in job
     assert m["throughput_mib_s"] > 0 and m["iops"] > 0 and 0 < m["lat_p50_us"] <= m["lat_p99_us"]
     assert r.latency.total == m["ops_total"]  # fio's bins became our histogram, op for op

@@ -398,9 +398,8 @@ def _run_workers(spec: Spec, placement, progress) -> Result:
         if started and len(measured) == n:
             partial = _merge(spec, measured, placement, sampler.rows)
             partial.info["stopped"] = True
-            dev1 = device_counters(placement.device)
-            if dev0 and dev1:
-                partial.device_read_bytes, partial.device_write_bytes = dev1[0] - dev0[0], dev1[1] - dev0[1]
+            partial.warnings[:0] = warnings
+            partial.set_device_traffic(_window_start(spec, dev0, sampler), device_counters(placement.device))
         raise Interrupted(signum, partial) from None
     finally:
         _stop(shared, procs, results, got)
@@ -409,11 +408,13 @@ def _run_workers(spec: Spec, placement, progress) -> Result:
         raise WorkloadError(_describe(errors[0]["error"], placement))
     result = _merge(spec, list(got.values()), placement, sampler.rows)
     result.warnings[:0] = warnings
-    if spec.ramp_s:  # the device counters cover the measured window only, as the metrics do
-        dev0 = sampler.dev_after_ramp
-    if dev0 and dev1:
-        result.device_read_bytes, result.device_write_bytes = dev1[0] - dev0[0], dev1[1] - dev0[1]
+    result.set_device_traffic(_window_start(spec, dev0, sampler), dev1)
     return result
+
+
+def _window_start(spec: Spec, dev_at_go, sampler: _Sampler):
+    """Device counters where the metrics' window starts: at the start, or when ramp_s ended."""
+    return sampler.dev_after_ramp if spec.ramp_s else dev_at_go
 
 
 def _collect(got: dict, procs, results, shared, until, sampler=None) -> None:

@@ -210,6 +210,12 @@ class Result:
                 m["cache_served_pct"] = self.cache_served_pct
         return m
 
+    def set_device_traffic(self, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
+        """The block device's own (read, write) byte counters at the window's start and end; left
+        unknown (None) when either reading is missing."""
+        if before and after:
+            self.device_read_bytes, self.device_write_bytes = after[0] - before[0], after[1] - before[1]
+
     @property
     def cache_served_pct(self) -> float:
         """Share of logical read bytes that never reached the device (read-ahead can make it 0)."""

@@ -8,7 +8,6 @@ computed the same way for both engines.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import tempfile
@@ -129,6 +128,5 @@ class FioEngine(Engine):
             info={"fio_version": out.get("fio version", ""), "ramp_done": True},
             attachments={"fio_job.fio": job, "fio_output.json": proc.stdout},
         )
-        if dev0 and dev1:
-            result.device_read_bytes, result.device_write_bytes = dev1[0] - dev0[0], dev1[1] - dev0[1]
+        result.set_device_traffic(dev0, dev1)
         return result
