@@ -21,8 +21,7 @@ import workloads
 from workloads import ConfigError, DataSpec, Interrupted, Result, Spec, WorkloadError
 
 from . import console, host, tracking
-
-GROUPS = ("target", "pattern", "engine", "data", "point", "experiment")
+from .schema import GROUPS
 _UID = f"{os.getpid()}"
 
 
@@ -167,7 +166,7 @@ def _write_and_publish(run_dir: Path, record: dict) -> str | None:
     one line and exit 3, with the way to import the run later."""
     (run_dir / "result.json").write_text(json.dumps(record, indent=1))
     try:
-        run_id = tracking.publish(run_dir)
+        run_id, _ = tracking.publish(run_dir)
     except Exception as e:  # any failure of the store: the result is safe on disk
         message = (f"tracking store {tracking.tracking_uri()} unavailable ({tracking.store_reason(e)}); the result "
                    f"is kept in {run_dir / 'result.json'}: import it later with python -m runner.sync {run_dir}")

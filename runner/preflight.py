@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import difflib
 import re
-from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from . import secrets
+from .schema import CONF, GROUPS
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-GROUPS = ("target", "pattern", "engine", "data", "point", "experiment")
 NOT_RUNS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
             "--resolve", "--package", "-p"}
 

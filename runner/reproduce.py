@@ -24,8 +24,6 @@ from omegaconf import OmegaConf
 
 from . import app, console, runs, schema, tracking
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
 
 @dataclass
 class Original:
@@ -84,7 +82,7 @@ def _run_id_of_dir(run_dir: Path) -> str | None:
 def _compose(overrides: list[str]) -> dict[str, str]:
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(schema.CONF), version_base="1.3"):
         cfg = compose("config", overrides=app.quote_null_choices(overrides))
     return tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
 

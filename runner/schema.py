@@ -8,9 +8,13 @@ workloads.Spec.check), so a bad value fails its own point with one line and the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+GROUPS = ("target", "pattern", "engine", "data", "point", "experiment")  # config groups: conf/<group>/*.yaml
 
 
 @dataclass

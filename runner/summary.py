@@ -153,7 +153,8 @@ def best_point(table: list[dict]) -> dict | None:
     return max(done, key=lambda r: r["throughput_mib_s"]) if done else None
 
 
-def findings(axes: list[str], table: list[dict], points: list[dict]) -> list[str]:
+def findings(axes: list[str], table: list[dict], ratios: list[dict]) -> list[str]:
+    """What the sweep says, from its table and its engine_ratios()."""
     out = []
     best = best_point(table)
     if best:
@@ -183,15 +184,14 @@ def findings(axes: list[str], table: list[dict], points: list[dict]) -> list[str
             else:
                 out.append(f"Beyond {knee:g} KiB blocks throughput gains < {100 * KNEE_GAIN:.0f}% per step ({_label(key)})")
     if "pattern" in axes:
+        others = [a for a in axes if a != "pattern"]
+        by_key: dict[tuple, dict[str, float]] = {}  # the other axes' values -> pattern -> MiB/s
+        for r in _finished(table):
+            by_key.setdefault(tuple(r[a] for a in others), {})[r["pattern"]] = r["throughput_mib_s"]
         for seq, rnd in (("seq_read", "rand_read"), ("seq_write", "rand_write")):
-            ratios = []
-            others = [a for a in axes if a != "pattern"]
-            by_key = {}
-            for r in _finished(table):
-                by_key.setdefault(tuple(r[a] for a in others), {})[r["pattern"]] = r["throughput_mib_s"]
-            ratios = [v[seq] / v[rnd] for v in by_key.values() if seq in v and rnd in v and v[rnd] > 0]
-            if ratios:
-                out.append(f"{seq} is {np.median(ratios):.1f}x {rnd} (median over {len(ratios)} matched points)")
+            speedups = [v[seq] / v[rnd] for v in by_key.values() if seq in v and rnd in v and v[rnd] > 0]
+            if speedups:
+                out.append(f"{seq} is {np.median(speedups):.1f}x {rnd} (median over {len(speedups)} matched points)")
     invalid = [r for r in _finished(table) if r["valid"] == "false"]
     if invalid:
         out.append(f"{len(invalid)} of {len(_finished(table))} finished points are not storage truth "
@@ -199,7 +199,7 @@ def findings(axes: list[str], table: list[dict], points: list[dict]) -> list[str
     failed = [r for r in table if r["status"] != "FINISHED"]
     for r in failed:
         out.append(f"FAILED: {' '.join(f'{a}={r[a]}' for a in axes)}: {r['error']}")
-    for r in engine_ratios(points):
+    for r in ratios:
         out.append(f"{r['engine']} / fio at {r['point']}: {r['ratio']:.3f} (median of {r['trials']})")
     return out
 

@@ -51,27 +51,23 @@ def main(argv: list[str]) -> int:
     todo = run_dirs(args.paths)
     uri = tracking.tracking_uri()
     imported = present = skipped = 0
-    c = None  # opened at the first run dir: an unreachable store fails there, with the others
     for run_dir in todo:
-        rid = result_id(run_dir)
-        if rid is None:  # e.g. cut short by a full disk: say so, import the others
+        if result_id(run_dir) is None:  # e.g. cut short by a full disk: say so, import the others
             print(f"skipped {run_dir}: result.json is not a complete iosweep record", flush=True)
             skipped += 1
             continue
         try:
-            c = c or tracking.client()
-            existing = tracking.find_published(c, rid)
-            run_id = existing or tracking.publish(run_dir)
+            run_id, logged = tracking.publish(run_dir)
         except Exception as e:  # any failure of the store: the run dirs stay as they are
             console.fail(f"tracking store {uri} unavailable ({tracking.store_reason(e)}); {imported} of {len(todo)} run dir(s) "
                          f"imported before it failed, nothing deleted: run python -m runner.sync again later",
                          code=3)
-        if existing:
-            print(f"already in the store {run_dir} ({run_id})", flush=True)
-            present += 1
-        else:
+        if logged:
             print(f"imported {run_dir} -> {run_id}", flush=True)
             imported += 1
+        else:
+            print(f"already in the store {run_dir} ({run_id})", flush=True)
+            present += 1
     where = " ".join(str(p) for p in args.paths)
     print(f"iosweep: {imported} imported, {present} already in the store, {skipped} skipped "
           f"({len(todo)} run dir{'' if len(todo) == 1 else 's'} under {where}; store {uri})", flush=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import fcntl
+import json
 import logging
 import math
 import os
@@ -90,7 +91,7 @@ def _chunks(items: list, n: int):
         yield items[i:i + n]
 
 
-def log_run(*, name: str, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str],
+def log_run(c, *, name: str, params: dict[str, str], metrics: dict[str, float], tags: dict[str, str],
             step_metrics: list = (), artifacts: list[tuple[Path, str | None]] = (),
             status: str = "FINISHED", start_ms: int | None = None, end_ms: int | None = None,
             parent_id: str | None = None) -> str:
@@ -98,7 +99,6 @@ def log_run(*, name: str, params: dict[str, str], metrics: dict[str, float], tag
     Credential-like values are masked here, on the way out."""
     from mlflow.entities import Metric, Param, RunTag
 
-    c = client()
     tags = {k: secrets.mask_text(str(v)) for k, v in tags.items()}
     # publish() finds a run by this id: it goes on last, so a run cut short is imported again
     result_id = tags.pop("iosweep.result_id", None)
@@ -154,31 +154,31 @@ def find_published(c, result_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def publish(run_dir: Path) -> str:
+def publish(run_dir: Path) -> tuple[str, bool]:
     """Log a run dir (its result.json and the files it names) to MLflow as one run.
 
     Idempotent: a run dir whose result_id is already in the store is not logged twice.
+    Returns the run id and whether it was logged now (False: it was already there).
     """
-    import json
-
     run_dir = Path(run_dir)
     record = json.loads((run_dir / "result.json").read_text())
     c = client()
     existing = find_published(c, record["result_id"])
     if existing:
-        return existing
+        return existing, False
     parent = record.get("parent_run_id")
     if parent:
         try:
             c.get_run(parent)
         except Exception:  # the sweep's parent never reached this store: import the point alone
             parent = None
-    return log_run(name=record["name"], params=record["params"], metrics=record.get("metrics", {}),
-                   tags={**record.get("tags", {}), "iosweep.result_id": record["result_id"]},
-                   step_metrics=record.get("step_metrics", []),
-                   artifacts=[(run_dir / rel, d) for rel, d in record.get("artifacts", [])],
-                   status=record["status"], start_ms=record.get("start_ms"), end_ms=record.get("end_ms"),
-                   parent_id=parent)
+    run_id = log_run(c, name=record["name"], params=record["params"], metrics=record.get("metrics", {}),
+                     tags={**record.get("tags", {}), "iosweep.result_id": record["result_id"]},
+                     step_metrics=record.get("step_metrics", []),
+                     artifacts=[(run_dir / rel, d) for rel, d in record.get("artifacts", [])],
+                     status=record["status"], start_ms=record.get("start_ms"), end_ms=record.get("end_ms"),
+                     parent_id=parent)
+    return run_id, True
 
 
 class SweepCallback(Callback):
@@ -251,22 +251,22 @@ class SweepCallback(Callback):
         failed = [p for p in self.points if p["status"] != "FINISHED"]
         axes, table = summary.rows(self.points)
         self.sweep_dir.mkdir(parents=True, exist_ok=True)
-        notes = summary.findings(axes, table, self.points)
-        md = summary.markdown_table(axes, table)
         ratios = summary.engine_ratios(self.points)
-        text = (f"# Sweep {parent}\n\n{md}\n\n## Findings\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
-                + (f"\n## Throughput relative to fio (goal >= 0.95)\n\n{summary.ratio_table(ratios)}" if ratios else ""))
-        (self.sweep_dir / "summary.md").write_text(text)
-        summary.write_csv(self.sweep_dir / "summary.csv", axes, table)
-        print(secrets.mask_text("\n" + md + "\n\n" + "\n".join(f"  * {n}" for n in notes)), flush=True)
-        if ratios:
-            print("\niosweep: throughput relative to fio at the same point (goal >= 0.95)\n"
-                  + summary.ratio_table(ratios), flush=True)
+        notes = summary.findings(axes, table, ratios)
         try:
             pngs = summary.plots(axes, table, self.sweep_dir)
         except Exception as e:  # a plot must never cost the sweep its summary
             pngs = []
             notes.append(f"plots failed: {e}")
+        md = summary.markdown_table(axes, table)
+        ratio_md = summary.ratio_table(ratios) if ratios else ""
+        text = (f"# Sweep {parent}\n\n{md}\n\n## Findings\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+                + (f"\n## Throughput relative to fio (goal >= 0.95)\n\n{ratio_md}" if ratios else ""))
+        (self.sweep_dir / "summary.md").write_text(text)
+        summary.write_csv(self.sweep_dir / "summary.csv", axes, table)
+        print(secrets.mask_text("\n" + md + "\n\n" + "\n".join(f"  * {n}" for n in notes)), flush=True)
+        if ratios:
+            print("\niosweep: throughput relative to fio at the same point (goal >= 0.95)\n" + ratio_md, flush=True)
         c = client()
         now = int(time.time() * 1000)
         metrics = {"points_total": len(self.points), "points_failed": len(failed)}

@@ -28,7 +28,7 @@ def test_findings_are_computed_from_the_data():
     pts = grid(lambda b, w: min(b, 1024) * (1 + 0.75 * (w - 1)))
     axes, table = summary.rows(pts)
     assert axes == ["block_kb", "writers"]
-    notes = summary.findings(axes, table, pts)
+    notes = summary.findings(axes, table, summary.engine_ratios(pts))
     assert any(n.startswith("Best throughput: 3328.0 MiB/s at block_kb=1024 writers=4") for n in notes), notes
     assert any("Scaling 1 -> 4 writers (block_kb=64): 3.25x throughput, efficiency 81%" in n for n in notes), notes
     assert any("Beyond 1024 KiB blocks throughput gains < 10% per step (writers=1)" in n for n in notes), notes
@@ -36,7 +36,7 @@ def test_findings_are_computed_from_the_data():
 
 def test_findings_change_when_the_data_does():
     pts = grid(lambda b, w: b * w)  # never saturates, perfect scaling
-    notes = summary.findings(*summary.rows(pts), pts)
+    notes = summary.findings(*summary.rows(pts), summary.engine_ratios(pts))
     assert any("still gains >= 10% at every block size step up to 4096 KiB" in n for n in notes)
     assert any("efficiency 100%" in n for n in notes)
     assert not any(n.startswith("Beyond") for n in notes)
@@ -47,7 +47,7 @@ def test_sequential_vs_random_and_failures_are_reported():
            point(pattern="rand_read", block_kb=4, throughput_mib_s=100.0),
            point(pattern="seq_read", block_kb=64, throughput_mib_s=900.0),
            point(pattern="rand_read", block_kb=64, status="FAILED", error="target.dir='/x': cannot be created")]
-    notes = summary.findings(*summary.rows(pts), pts)
+    notes = summary.findings(*summary.rows(pts), summary.engine_ratios(pts))
     assert "seq_read is 8.0x rand_read (median over 1 matched points)" in notes
     assert any(n.startswith("FAILED: pattern=rand_read block_kb=64: target.dir") for n in notes)
 
