@@ -1,4 +1,4 @@
-"""python -m runner [overrides] | python -m runner -m key=a,b key2=c,d"""
+"""iosweep [overrides] | iosweep -m key=a,b key2=c,d  (or python -m runner ...)"""
 import signal
 import sys
 
@@ -12,12 +12,13 @@ schema.register()
 app.register_resolvers()
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+@hydra.main(config_path=str(schema.CONF), config_name="config", version_base="1.3")
 def main(cfg: DictConfig):
     return app.run_point(cfg)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m runner` and the `iosweep` console script."""
     sys.argv[1:] = app.quote_null_choices(sys.argv[1:])
     try:
         preflight.check(sys.argv[1:])
@@ -31,3 +32,7 @@ if __name__ == "__main__":
         name = signal.Signals(e.signum).name
         print(f"iosweep: stopped by {name}: scratch files removed, the run recorded as KILLED", file=sys.stderr)
         sys.exit(128 + e.signum)
+
+
+if __name__ == "__main__":
+    cli()

@@ -99,13 +99,37 @@ def run_name(cfg: DictConfig) -> str:
     return f"{cfg.pattern.name} {cfg.block_kb}k x{cfg.writers} {cfg.engine.name}"
 
 
+# param -> whether it does anything at this point (keys not listed always apply): the MLflow run
+# shows only the knobs that shaped the measurement
+APPLIES = {
+    "pattern.read_pct": lambda c: c.pattern.name == "mixed",  # the other patterns fix the mix
+    "end_fsync": lambda c: Spec(pattern=c.pattern.name).writes,
+    "direct_fallback": lambda c: c.direct is True,
+    "engine.ioengine": lambda c: c.engine.name == "fio",
+    "target.dir": lambda c: c.target.name != "device",
+    "target.path": lambda c: c.target.name == "device",
+    "target.allow_overwrite": lambda c: c.target.name == "device",
+    "data.compress_ratio": lambda c: c.data.name == "dgen",
+    "data.dedup_ratio": lambda c: c.data.name == "dgen",
+}
+
+
 def params_of(cfg: DictConfig, hc) -> dict[str, str]:
-    params = tracking.flatten(OmegaConf.to_container(cfg, resolve=True))
+    """The point's knobs as MLflow params: unset (null) keys and keys that do not apply are left out,
+    and a group appears once, as its choice (`engine`, not also `engine.name`)."""
+    params = {k: v for k, v in tracking.flatten(_without_none(OmegaConf.to_container(cfg, resolve=True))).items()
+              if k not in APPLIES or APPLIES[k](cfg)}
     for group in GROUPS:
         choice = hc.runtime.choices.get(group)
         if choice is not None:
             params[group] = str(choice)
+            if params.get(f"{group}.name") == params[group]:
+                del params[f"{group}.name"]
     return params
+
+
+def _without_none(d: dict) -> dict:
+    return {k: _without_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
 def run_point(cfg: DictConfig) -> dict:
@@ -209,8 +233,11 @@ def _measured(cfg: DictConfig, hc, result: Result, run_dir: Path, start_ms: int)
 
 # time-series row field -> MLflow step metric; system/* are the names MLflow's System Metrics tab shows
 STEP_METRICS = {"mib_s": "interval_throughput_mib_s", "iops": "interval_iops",
-                "device_read_mib_s": "interval_device_read_mib_s", "device_write_mib_s": "interval_device_write_mib_s",
-                "cpu_pct": "system/cpu_utilization_percentage", "mem_used_mib": "system/system_memory_usage_megabytes"}
+                "device_read_mib_s": "interval_device_read_mib_s", "device_write_mib_s": "interval_device_write_mib_s"}
+STEP_METRICS |= {name: f"system/{name}" for name in (  # the fields of workloads.job.system_sample
+    "cpu_utilization_percentage", "system_memory_usage_megabytes", "system_memory_usage_percentage",
+    "disk_usage_percentage", "disk_usage_megabytes", "disk_available_megabytes",
+    "network_receive_megabytes", "network_transmit_megabytes")}
 
 
 def _step_metrics(result: Result, start_ms: int) -> list[list]:

@@ -13,7 +13,9 @@ from typing import Any, Optional
 
 from hydra.core.config_store import ConfigStore
 
-CONF = Path(__file__).resolve().parents[1] / "conf"
+# conf/ at the top of a checkout; a wheel installs it as runner/conf (pyproject.toml package-dir)
+_INSTALLED_CONF = Path(__file__).resolve().parent / "conf"
+CONF = _INSTALLED_CONF if _INSTALLED_CONF.is_dir() else Path(__file__).resolve().parents[1] / "conf"
 GROUPS = ("target", "pattern", "engine", "data", "point", "experiment")  # config groups: conf/<group>/*.yaml
 
 
@@ -69,3 +71,8 @@ class IosweepConfig:
 
 def register() -> None:
     ConfigStore.instance().store(name="iosweep_schema", node=IosweepConfig)
+    from omegaconf import OmegaConf
+
+    from .helptext import knob_help
+
+    OmegaConf.register_new_resolver("iosweep_knobs", knob_help, replace=True)  # --help (conf/hydra/help)

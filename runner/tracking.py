@@ -58,16 +58,23 @@ def client():
         return MlflowClient(tracking_uri=uri)  # opens the store: tables created/migrated here
 
 
+# MLflow 3's UI opens an experiment without this tag on its GenAI (traces) view; these are runs
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def experiment_id(c) -> str:
     name = os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
     exp = c.get_experiment_by_name(name)
     if exp is not None:
+        for key, value in EXPERIMENT_KIND.items():
+            if key not in exp.tags:  # made by an older iosweep; a kind the user chose stays
+                c.set_experiment_tag(exp.experiment_id, key, value)
         return exp.experiment_id
     artifacts = None
     if not os.environ.get("MLFLOW_TRACKING_URI"):  # our own store: keep artifacts beside it
         artifacts = (OUTPUTS / "mlartifacts").absolute().as_uri()
     try:
-        return c.create_experiment(name, artifact_location=artifacts)
+        return c.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_KIND)
     except Exception:  # another iosweep process created it a moment ago
         exp = c.get_experiment_by_name(name)
         if exp is None:
@@ -268,6 +275,7 @@ class SweepCallback(Callback):
         if ratios:
             print("\niosweep: throughput relative to fio at the same point (goal >= 0.95)\n" + ratio_md, flush=True)
         c = client()
+        describe_sweep(c, parent, notes)
         now = int(time.time() * 1000)
         metrics = {"points_total": len(self.points), "points_failed": len(failed)}
         best = summary.best_point(table)
@@ -290,6 +298,29 @@ class SweepCallback(Callback):
             c.log_artifact(parent, str(path))
         c.set_terminated(parent, "KILLED" if INTERRUPTED else "FAILED" if failed else "FINISHED")
         return failed
+
+
+def describe_sweep(c, parent_id: str, notes: list[str]) -> None:
+    """The sweep's parent run: the params all its points share, and its findings as the description
+    the MLflow UI shows (tag mlflow.note.content)."""
+    from mlflow.entities import Param, RunTag
+
+    common, token = None, None
+    while True:  # every child run in the store, page by page
+        page = c.search_runs([experiment_id(c)], filter_string=f"tags.`mlflow.parentRunId` = '{parent_id}'",
+                             max_results=1000, page_token=token)
+        for child in page:
+            common = dict(child.data.params) if common is None else \
+                {k: v for k, v in common.items() if child.data.params.get(k) == v}
+        token = page.token
+        if not token:
+            break
+    note = ("## Findings\n\n" + "\n".join(f"- {n}" for n in notes)
+            + "\n\nEvery point: summary.md and summary.csv (artifacts); the settings they share: the params.")
+    params = [Param(k, v) for k, v in secrets.mask_mapping(common or {}).items()]
+    for batch in _chunks(params, MAX_PARAMS):
+        c.log_batch(parent_id, params=batch)
+    c.log_batch(parent_id, tags=[RunTag("mlflow.note.content", secrets.mask_text(note)[:5000])])
 
 
 def store_reason(e: Exception) -> str:

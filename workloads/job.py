@@ -288,6 +288,18 @@ def _worker_main(spec, worker, path, direct, base, shared, results):
         results.put(out)
 
 
+def system_sample(net_at_start) -> dict:
+    """The machine's state under the names of MLflow's System Metrics (mlflow/system_metrics/metrics):
+    the runner logs them as system/<name>. Network traffic counts from the start of the window."""
+    mem, disk, net = psutil.virtual_memory(), psutil.disk_usage(os.sep), psutil.net_io_counters()
+    return {"cpu_utilization_percentage": psutil.cpu_percent(None),
+            "system_memory_usage_megabytes": mem.used / 1e6, "system_memory_usage_percentage": mem.percent,
+            "disk_usage_percentage": disk.percent, "disk_usage_megabytes": disk.used / 1e6,
+            "disk_available_megabytes": disk.free / 1e6,
+            "network_receive_megabytes": (net.bytes_recv - net_at_start.bytes_recv) / 1e6,
+            "network_transmit_megabytes": (net.bytes_sent - net_at_start.bytes_sent) / 1e6}
+
+
 class _Sampler:
     """Per-interval throughput from the workers' published op counters, the machine's CPU, memory
     and device traffic over the same interval, and the progress calls."""
@@ -302,7 +314,8 @@ class _Sampler:
         self.dev_after_ramp = None  # device counters when ramp_s ended (to one poll, <= 50 ms)
         self.next_log = self.next_progress = 0
 
-    def poll(self) -> None:
+    def poll(self, final: bool = False) -> None:
+        """final: the workers are done; a run shorter than one interval still gets one sample."""
         now = time.perf_counter_ns()
         if self.t0 is None:
             if not all(self.starts):
@@ -313,8 +326,11 @@ class _Sampler:
             self.last_t = self.t0
             self.last_dev = device_counters(self.device)
             psutil.cpu_percent(None)  # starts psutil's interval
+            self.net_at_start = psutil.net_io_counters()
         if self.dev_after_ramp is None and self.spec.ramp_s and now - self.t0 >= self.spec.ramp_s * 1e9:
             self.dev_after_ramp = device_counters(self.device)
+        if final and not self.rows:
+            self.next_log = now
         if now < self.next_log and now < self.next_progress:
             return
         ops = sum(self.ops_done)
@@ -324,7 +340,7 @@ class _Sampler:
             t_s = (now - self.t0) / 1e9
             row = {"t_s": t_s, "mib_s": d_ops * self.spec.block_size / MIB / dt, "iops": d_ops / dt,
                    "ramp": t_s - dt / 2 < self.spec.ramp_s,  # mostly inside the warm-up
-                   "cpu_pct": psutil.cpu_percent(None), "mem_used_mib": psutil.virtual_memory().used / MIB}
+                   **system_sample(self.net_at_start)}
             dev = device_counters(self.device)
             if dev and self.last_dev:
                 row["device_read_mib_s"] = (dev[0] - self.last_dev[0]) / MIB / dt
@@ -388,6 +404,7 @@ def _run_workers(spec: Spec, placement, progress) -> Result:
             dev0 = device_counters(placement.device)
             shared.go.set()
             _collect(got, procs, results, shared, until=lambda: len(got) == n, sampler=sampler)
+            sampler.poll(final=True)
             dev1 = device_counters(placement.device)
     except (KeyboardInterrupt, Interrupted) as e:
         signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT

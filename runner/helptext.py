@@ -1,0 +1,42 @@
+"""The knobs part of `iosweep --help`, read from the comments in conf/ so that each knob's meaning
+is written once, beside its default (conf/config.yaml and the group files).
+
+conf/hydra/help/iosweep.yaml uses it as the resolver ${iosweep_knobs:}; Hydra fills in the
+group choices itself ($APP_CONFIG_GROUPS).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .schema import CONF, GROUPS
+
+_TOP_KEY = re.compile(r"^(\w+):\s*(\S.*?)\s*#\s*(.*)$")  # block_kb: 1024   # meaning
+_DEFAULT = re.compile(r"^\s+-\s+(\w+):\s*(\S+)\s*#\s*(.*)$")  # - target: local  # meaning
+_WIDTH = 30
+
+
+def _line(setting: str, meaning: str) -> str:
+    return f"  {setting:<{_WIDTH - 2}} {meaning}" if len(setting) < _WIDTH - 2 else f"  {setting}\n{'':{_WIDTH}} {meaning}"
+
+
+def knob_help(conf: Path = CONF) -> str:
+    groups, knobs = [], []
+    for text in (conf / "config.yaml").read_text().splitlines():
+        if m := _DEFAULT.match(text):
+            groups.append(_line(f"{m[1]}={m[2]}", m[3]))
+        elif m := _TOP_KEY.match(text):
+            knobs.append(_line(f"{m[1]}={m[2]}", m[3]))
+    group_keys = {}  # first commented occurrence of each group key, with the choice it belongs to
+    for group in GROUPS:
+        for f in sorted((conf / group).glob("*.yaml")):
+            lines = f.read_text().splitlines()
+            if "# @package _global_" in lines:  # points and studies set top-level knobs
+                continue
+            for text in lines:
+                m = _TOP_KEY.match(text)
+                if m and m[1] != "name" and f"{group}.{m[1]}" not in group_keys:
+                    group_keys[f"{group}.{m[1]}"] = _line(f"{group}.{m[1]}={m[2]}", f"({group}={f.stem}) {m[3]}")
+    text = "\n".join(["== Groups: default and meaning ==", *groups, "", "== Knobs: key=default and meaning ==",
+                      *knobs, "", "== Keys inside a group choice ==", *group_keys.values()])
+    return text.replace("$", "$$")  # Hydra runs the template through string.Template after resolving
