@@ -13,14 +13,14 @@ from .schema import CONF, GROUPS
 
 _TOP_KEY = re.compile(r"^(\w+):\s*(\S.*?)\s*#\s*(.*)$")  # block_kb: 1024   # meaning
 _DEFAULT = re.compile(r"^\s+-\s+(\w+):\s*(\S+)\s*#\s*(.*)$")  # - target: local  # meaning
-_WIDTH = 30
 
 
 def _line(setting: str, meaning: str) -> str:
-    return f"  {setting:<{_WIDTH - 2}} {meaning}" if len(setting) < _WIDTH - 2 else f"  {setting}\n{'':{_WIDTH}} {meaning}"
+    return f"  {setting:<28} {meaning}"
 
 
 def knob_help(conf: Path = CONF) -> str:
+    """Groups and knobs as `key=default  meaning`, from the `key: value  # meaning` lines in conf/."""
     groups, knobs = [], []
     for text in (conf / "config.yaml").read_text().splitlines():
         if m := _DEFAULT.match(text):

@@ -62,9 +62,10 @@ def test_wheel_installs_and_runs_as_iosweep_outside_the_checkout(tmp_path):
     sh(str(tmp_path / "venv/bin/python"), "-m", "pip", "install", "-q", "--no-deps", "--no-index", str(wheel))
     work = tmp_path / "work"
     work.mkdir()
-    where = sh(str(tmp_path / "venv/bin/python"), "-I", "-c", "import runner.schema as s; print(s.__file__, s.CONF)",
-               cwd=work).stdout.split()
-    assert all(w.startswith(str(tmp_path / "venv")) for w in where), where  # the wheel, not the checkout
+    # what the iosweep script imports (no PYTHONPATH): the wheel's copy, not the editable checkout
+    where = sh(str(tmp_path / "venv/bin/python"), "-c", "import runner.schema as s, workloads as w; "
+               "print(s.__file__, s.CONF, w.__file__)", cwd=work).stdout.split()
+    assert all(w.startswith(str(tmp_path / "venv")) for w in where), where
 
     iosweep = str(tmp_path / "venv/bin/iosweep")
     p = sh(iosweep, "engine=null", "block_kb=4", "size_mb=8", cwd=work)
