@@ -623,7 +623,10 @@ OBJECTIVES = ("throughput_mib_s", "iops", "elapsed_s", "bytes_total", "ops_total
 
 def store_reason(e: Exception) -> str:
     """The first line of a store error: MLflow's messages run to pages."""
-    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+    # SQLAlchemy may open with a note on how the error surfaced ("(raised as a result of Query-invoked
+    # autoflush; …)"): the error itself is the next line
+    lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.strip().startswith("(raised as")]
+    return lines[0][:200] if lines else type(e).__name__
 
 
 def parent_run_id() -> str | None:
