@@ -25,7 +25,6 @@ import urllib.request
 from pathlib import Path
 
 import psutil
-
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
