@@ -308,6 +308,22 @@ def find_published(c, result_id: str) -> tuple[str | None, list[str]]:
     return (done[0] if done else None), [r.info.run_id for r in runs if PUBLISHING in r.data.tags]
 
 
+STORE_ROOM = 1 << 20  # free bytes a local store needs to log a run (rows, sqlite's journal, artifacts)
+
+
+def check_room() -> None:
+    """Raise StoreUnavailable when a local sqlite store's disk is (nearly) full. Checked before
+    create_run: a run created on a full disk cannot be finished, nor even marked FAILED (that is
+    a write too), and would stay RUNNING."""
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        db = Path(uri[len("sqlite:///"):])
+        free = shutil.disk_usage(db.parent).free
+        if free < STORE_ROOM:
+            raise StoreUnavailable(f"no space left for it on {db.parent}: {free >> 10} KiB free, "
+                                   f"{STORE_ROOM >> 10} KiB needed to log a run")
+
+
 @contextlib.contextmanager
 def run_dir_lock(run_dir: Path):
     """An exclusive flock on the run dir itself, held by publish() from find to log.
@@ -410,6 +426,7 @@ def publish(run_dir: Path, record: dict | None = None) -> tuple[str, bool]:
             return existing, False
         for run_id in incomplete:
             c.delete_run(run_id)
+        check_room()
         parent = record.get("parent_run_id")
         if parent:
             try:

@@ -67,13 +67,18 @@ def outputs_tmpfs(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("room_kib", [16, 0])
-def test_full_outputs_keeps_the_measurement(tmp_path, outputs_tmpfs, room_kib):
+@pytest.mark.parametrize("store_at, room_kib", [("elsewhere", 16), ("elsewhere", 0), ("outputs", 16)])
+def test_full_outputs_keeps_the_measurement(tmp_path, outputs_tmpfs, store_at, room_kib):
     """outputs/ fills up while the point runs: with 16 KiB left result.json (and the small files)
     fit but the latency PNG (~30 KiB) does not; with 0 nothing fits and MLflow holds the only copy.
-    Either way: one line, the run FINISHED with the lost files named, no partial file left."""
-    elsewhere = tmp_path / "elsewhere"  # the store is not on the full disk
-    env = {**ENV, "MLFLOW_TRACKING_URI": f"sqlite:///{elsewhere / 'outputs' / 'mlflow.db'}"}
+    Either way: one line, the run FINISHED with the lost files named, no partial file left.
+    With the store itself on the full disk: exit 3, result.json kept, no run left RUNNING."""
+    elsewhere = tmp_path / "elsewhere"  # a store that is not on the full disk
+    env = dict(ENV)
+    if store_at == "elsewhere":
+        env["MLFLOW_TRACKING_URI"] = f"sqlite:///{elsewhere / 'outputs' / 'mlflow.db'}"
+    else:
+        mlflow_runs(tmp_path)[0].create_experiment("iosweep")  # the store exists: its tables fit
     p = subprocess.Popen([sys.executable, "-m", "runner", "engine=null", "duration_s=2", "size_mb=4"],
                          cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60
@@ -85,9 +90,15 @@ def test_full_outputs_keeps_the_measurement(tmp_path, outputs_tmpfs, room_kib):
     out, err = p.communicate(timeout=120)
     assert "throughput" in out  # measured and shown
     line = one_line(err)
-    assert p.returncode == 2 and "No space left on device" in line and "latency.png" in line, err
+    assert "No space left on device" in line and "latency.png" in line, err
     [run_dir] = [d.parent for d in outputs_tmpfs.glob("runs/*/*/.hydra")]
     assert not (run_dir / "latency.png").exists()  # no half-written file
+    if store_at == "outputs":
+        assert p.returncode == 3 and "no space left for it" in line, err
+        assert json.loads((run_dir / "result.json").read_text())["status"] == "FINISHED"
+        assert mlflow_runs(tmp_path)[1] == []  # not a run that could never be finished
+        return
+    assert p.returncode == 2, err
     client, runs = mlflow_runs(elsewhere)
     [run] = runs
     assert run.info.status == "FINISHED" and run.data.metrics["bytes_total"] > 0
