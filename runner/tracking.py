@@ -361,8 +361,8 @@ def check_record(record) -> dict:
     params, tags, metrics = record.get("params"), record.get("tags", {}), record.get("metrics", {})
     need(isinstance(params, dict) and all(isinstance(k, str) and (v is None or isinstance(v, (str, int, float)))
                                           for k, v in params.items()), "params", "must map names to values")
-    need(isinstance(tags, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()),
-         "tags", "must map names to strings")
+    need(isinstance(tags, dict) and all(isinstance(k, str) and (v is None or isinstance(v, (str, int, float)))
+                                        for k, v in tags.items()), "tags", "must map names to values")
     need(isinstance(metrics, dict) and all(isinstance(k, str) and (v is None or number(v)) for k, v in metrics.items()),
          "metrics", "must map names to numbers")
     parent = record.get("parent_run_id")
@@ -526,7 +526,6 @@ class SweepCallback(Callback):
         unpublished = [p for p in points if p["result_id"] and not p["run_id"]]
         failed = [p for p in points if p["status"] != "FINISHED"]
         axes, table = summary.rows(points)
-        self.sweep_dir.mkdir(parents=True, exist_ok=True)
         ratios = summary.engine_ratios(points)
         notes = summary.findings(axes, table, ratios)
         try:
@@ -538,10 +537,14 @@ class SweepCallback(Callback):
         ratio_md = summary.ratio_table(ratios) if ratios else ""
         text = (f"# Sweep {parent or self.sweep_dir}\n\n{md}\n\n## Findings\n\n" + "\n".join(f"- {n}" for n in notes)
                 + "\n" + (f"\n## Throughput relative to fio (goal >= 0.95)\n\n{ratio_md}" if ratios else ""))
-        (self.sweep_dir / "summary.md").write_text(secrets.mask_file_text("summary.md", text))
-        summary.write_csv(self.sweep_dir / "summary.csv", axes, table)
-        csv_path = self.sweep_dir / "summary.csv"
-        csv_path.write_text(secrets.mask_file_text(csv_path.name, csv_path.read_text()))
+        try:
+            (self.sweep_dir / "summary.md").write_text(secrets.mask_file_text("summary.md", text))
+            summary.write_csv(self.sweep_dir / "summary.csv", axes, table)
+            csv_path = self.sweep_dir / "summary.csv"
+            csv_path.write_text(secrets.mask_file_text(csv_path.name, csv_path.read_text()))
+        except OSError as e:  # e.g. a full disk: the terminal and the parent run still get the summary
+            print(f"iosweep: error: {self.sweep_dir}: summary files not written ({e.strerror or e})",
+                  file=sys.stderr, flush=True)
         print(secrets.mask_text("\n" + md + "\n\n" + "\n".join(f"  * {n}" for n in notes)), flush=True)
         if ratios:
             print("\niosweep: throughput relative to fio at the same point (goal >= 0.95)\n" + ratio_md, flush=True)
@@ -582,7 +585,8 @@ class SweepCallback(Callback):
             c.log_batch(parent, metrics=batch, tags=tags)
             tags = []
         for path in [self.sweep_dir / "summary.md", self.sweep_dir / "summary.csv", *pngs]:
-            c.log_artifact(parent, str(path))
+            if path.exists():
+                c.log_artifact(parent, str(path))
         c.set_terminated(parent, status)
 
 
