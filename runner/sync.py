@@ -3,7 +3,10 @@
 A run writes <run_dir>/result.json before it talks to MLflow, so a run made while the store was
 down is complete on disk. This publishes every run dir below PATH (default outputs/) with the same
 code a run uses (tracking.publish), which skips a result_id already in the store: running it twice
-imports once. Nothing on disk is changed or deleted. Exit 3 when the store is still unavailable.
+imports once, also while a run is publishing the same dir. Runs this host's iosweep processes left
+RUNNING when they died are closed as KILLED first. Only files inside each run dir are read, and a
+result.json whose fields have the wrong type is skipped with the reason. Nothing on disk is changed
+or deleted. Exit 3 when the store is still unavailable.
 """
 from __future__ import annotations
 
