@@ -132,8 +132,13 @@ def _without_none(d: dict) -> dict:
     return {k: _without_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
-def run_point(cfg: DictConfig) -> dict:
-    """Measure one point, write its run dir (result.json first), then publish it to MLflow."""
+def run_point(cfg: DictConfig) -> float:
+    """Measure one point, write its run dir (result.json first), then publish it to MLflow.
+
+    Returns the point's objective (the metric `objective` names; NaN when the point failed), the
+    value optimising sweepers (Optuna, Nevergrad) minimise or maximise. The sweep's own summary is
+    read from the run dirs (tracking.sweep_points), never from this return value.
+    """
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
@@ -143,38 +148,46 @@ def run_point(cfg: DictConfig) -> dict:
             "params": params_of(cfg, hc), "start_ms": start_ms,
             "parent_run_id": tracking.parent_run_id() if multirun else None}
     try:
+        objective = _objective(cfg)
         spec = to_spec(cfg)
         print(f"iosweep: {console.describe(spec)}", flush=True)
         result = workloads.run(spec, progress=progress)
     except Interrupted as stopped:  # record what was measured as KILLED, then stop (a sweep too)
         progress.done()
         reason = f"interrupted by {signal.Signals(stopped.signum).name}"
+        files = []
         if stopped.partial is not None:
             print(console.result_table(stopped.partial), flush=True)
-            record = dict(base, **_measured(cfg, hc, stopped.partial, run_dir, start_ms))
+            measured, files = _measured(cfg, hc, stopped.partial, start_ms)
+            record = dict(base, **measured)
             record["tags"]["iosweep.error"] = reason
             record.update(status="KILLED", error=reason)
         else:
             record = _unmeasured(base, "KILLED", reason, why=reason + " before the measured window")
-        run_id = _write_and_publish(run_dir, record)
-        # Hydra calls no on_job_end for a job that raised: hand the point to the sweep summary
-        tracking.KILLED_POINTS.append({"status": "KILLED", "run_id": run_id, "metrics": record["metrics"],
-                                       "error": reason, "valid": False, "overrides": base["overrides"]})
+        _write_and_publish(run_dir, record, files)
         raise
     except (ConfigError, WorkloadError) as e:
         progress.done()
         if not multirun and isinstance(e, ConfigError):
             console.fail(str(e))  # bad input, single run: one line, no MLflow run
-        run_id = _write_and_publish(run_dir, _unmeasured(base, "FAILED", str(e)))
+        _write_and_publish(run_dir, _unmeasured(base, "FAILED", str(e)))
         if not multirun:
             console.fail(str(e))
         print(f"iosweep: point failed: {e}", flush=True)
-        return {"status": "FAILED", "run_id": run_id, "metrics": {}, "error": str(e), "valid": False}
+        return float("nan")
     progress.done()
     print(console.result_table(result), flush=True)
-    record = dict(base, **_measured(cfg, hc, result, run_dir, start_ms))
-    run_id = _write_and_publish(run_dir, record)
-    return {"status": "FINISHED", "run_id": run_id, "metrics": record["metrics"], "error": None, "valid": result.valid}
+    measured, files = _measured(cfg, hc, result, start_ms)
+    record = dict(base, **measured)
+    _write_and_publish(run_dir, record, files)
+    return float(record["metrics"].get(objective, float("nan")))
+
+
+def _objective(cfg: DictConfig) -> str:
+    name = OmegaConf.select(cfg, "objective")
+    if name not in tracking.OBJECTIVES:
+        raise ConfigError("objective", name, f"not a metric; choose one of {', '.join(tracking.OBJECTIVES)}")
+    return name
 
 
 def _unmeasured(base: dict, status: str, error: str, why: str | None = None) -> dict:
@@ -185,39 +198,83 @@ def _unmeasured(base: dict, status: str, error: str, why: str | None = None) -> 
                       **host.host_tags()})
 
 
-def _write_and_publish(run_dir: Path, record: dict) -> str | None:
-    """result.json first (the measurement is never lost), then MLflow; a store that is down is
-    one line and exit 3, with the way to import the run later."""
-    (run_dir / "result.json").write_text(json.dumps(record, indent=1))
+def _write_new(path: Path, write) -> None:
+    """Create path (never over an existing file) with write(path); on failure no partial file stays."""
     try:
-        run_id, _ = tracking.publish(run_dir)
-    except Exception as e:  # any failure of the store: the result is safe on disk
-        message = (f"tracking store {tracking.tracking_uri()} unavailable ({tracking.store_reason(e)}); the result "
-                   f"is kept in {run_dir / 'result.json'}: import it later with python -m runner.sync {run_dir}")
+        path.touch(exist_ok=False)
+        write(path)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise
+
+
+def _write_and_publish(run_dir: Path, record: dict, files: list = ()) -> str | None:
+    """result.json first and small (the measurement is never lost), then the bulkier files, then
+    MLflow. A full disk after result.json costs only the files it refused: the run is published
+    FINISHED with the tag iosweep.artifacts_missing. One line says what was lost; a store that is
+    down is one line and exit 3, with the way to import the run later."""
+    kept = True
+    try:
+        _write_new(run_dir / "result.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+    except OSError as e:
+        kept, disk_error = False, e
+    unwritten = []
+    for name, write in files:
+        try:
+            _write_new(run_dir / name, write)
+        except OSError as e:
+            unwritten.append(name)
+            disk_error = e
+    lost = ([] if kept else ["result.json"]) + unwritten
+    disk = f"{run_dir}: {disk_error.strerror or disk_error}: {', '.join(lost)} not written" if lost else ""
+    try:  # without result.json on disk the record goes to MLflow from memory: its only copy
+        run_id, _ = tracking.publish(run_dir, None if kept else record)
+    except tracking.BadRecord:
+        raise  # a bug: the record iosweep just made must be loggable
+    except Exception as e:  # any failure of the store: the result is safe on disk (if it fit)
+        where = (f"the result is kept in {run_dir / 'result.json'}: import it later with python -m runner.sync "
+                 f"{run_dir}") if kept else "the measurement shown above is lost"
+        message = (f"tracking store {tracking.tracking_uri()} unavailable ({tracking.store_reason(e)}); {where}"
+                   + (f"; also {disk}" if disk else ""))
         if HydraConfig.get().mode != RunMode.MULTIRUN:
             console.fail(message, code=3)
         # a sweep goes on: its other points are worth measuring; it exits 3 at the end (SweepCallback)
         print(f"iosweep: error: {message}", file=sys.stderr, flush=True)
-        tracking.UNPUBLISHED.append(run_dir)
         return None
     print(f"  mlflow run {run_id}  ({tracking.tracking_uri()})", flush=True)
+    if disk:
+        message = (f"{disk}; the measurement is in MLflow run {run_id}"
+                   + (" and result.json" if kept else " only") + " (tag iosweep.artifacts_missing); free space there")
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            console.fail(message)
+        print(f"iosweep: error: {message}", file=sys.stderr, flush=True)
     return run_id
 
 
-def _measured(cfg: DictConfig, hc, result: Result, run_dir: Path, start_ms: int) -> dict:
-    """Everything a measured point leaves: the record for result.json and the files beside it."""
-    (run_dir / "config.yaml").write_text(tracking.resolved_yaml(cfg))
-    artifacts = [["config.yaml", None], ["result.json", None], [".hydra", ".hydra"]]
-    artifacts += _latency_artifacts(result, run_dir)
+def _measured(cfg: DictConfig, hc, result: Result, start_ms: int) -> tuple[dict, list]:
+    """What a measured point leaves: its record for result.json (small: the summary metrics,
+    tags, params, status) and the files written after it, as (name, write(path)) pairs: the
+    config, the time series, the latency histograms and plot, the engine's attachments."""
+    series = {"timeseries": result.timeseries, "step_metrics": _step_metrics(result, start_ms)}
+    files = [("config.yaml", lambda p: p.write_text(tracking.resolved_yaml(cfg))),
+             ("timeseries.json", lambda p: p.write_text(json.dumps(series)))]
+    artifacts = [["result.json", None], ["config.yaml", None], [".hydra", ".hydra"], ["timeseries.json", "data"]]
+    if result.latency.total:
+        from . import plots
+
+        histograms = {"read": result.lat_read.to_dict(), "write": result.lat_write.to_dict()}
+        files += [("latency_histogram.json", lambda p: p.write_text(json.dumps(histograms))),
+                  ("latency.png", lambda p: plots.latency_png(result.lat_read, result.lat_write, p))]
+        artifacts += [["latency_histogram.json", "latency"], ["latency.png", "latency"]]
     for name, text in result.attachments.items():  # e.g. fio's job file and JSON output
-        (run_dir / name).write_text(text)
+        files.append((name, lambda p, text=text: p.write_text(text)))
         artifacts.append([name, "engine"])
     tags = {
         "iosweep.io_mode": result.io_mode,
         "iosweep.valid": str(result.valid).lower(),
         "iosweep.warnings": "\n".join(result.warnings),
         "iosweep.overrides": " ".join(hc.overrides.task),
-        "iosweep.run_dir": str(run_dir.absolute()),
+        "iosweep.run_dir": str(Path(hc.runtime.output_dir).absolute()),
         **host.host_tags(), **host.target_tags(result.info),
     }
     if os.environ.get(tracking.REPRODUCED_ENV):
@@ -225,10 +282,8 @@ def _measured(cfg: DictConfig, hc, result: Result, run_dir: Path, start_ms: int)
     return {
         "status": "KILLED" if result.info.get("stopped") else "FINISHED", "end_ms": int(time.time() * 1000),
         "metrics": result.metrics(), "tags": tags, "valid": result.valid, "warnings": result.warnings,
-        "info": result.info, "timeseries": result.timeseries, "step_metrics": _step_metrics(result, start_ms),
-        "latency_read": result.lat_read.to_dict(), "latency_write": result.lat_write.to_dict(),
-        "artifacts": artifacts,
-    }
+        "info": result.info, "series": "timeseries.json", "artifacts": artifacts,
+    }, files
 
 
 # time-series row field -> MLflow step metric; system/* are the names MLflow's System Metrics tab shows
@@ -246,15 +301,3 @@ def _step_metrics(result: Result, start_ms: int) -> list[list]:
         ts = start_ms + int(row["t_s"] * 1000)
         out += [[name, row[field], ts, step] for field, name in STEP_METRICS.items() if field in row]
     return out
-
-
-def _latency_artifacts(result: Result, run_dir: Path) -> list[list]:
-    """The merged latency histograms as JSON, and a PNG of them."""
-    from . import plots
-
-    if not result.latency.total:
-        return []
-    (run_dir / "latency_histogram.json").write_text(
-        json.dumps({"read": result.lat_read.to_dict(), "write": result.lat_write.to_dict()}))
-    plots.latency_png(result.lat_read, result.lat_write, run_dir / "latency.png")
-    return [["latency_histogram.json", "latency"], ["latency.png", "latency"]]

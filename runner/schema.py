@@ -67,6 +67,7 @@ class IosweepConfig:
     trial: Any = 0
     keep_files: Any = False
     log_interval_s: Any = 1.0
+    objective: str = "throughput_mib_s"  # a metric name: what the task function returns
 
 
 def register() -> None:

@@ -3,11 +3,14 @@
 A run writes <run_dir>/result.json before it talks to MLflow, so a run made while the store was
 down is complete on disk. This publishes every run dir below PATH (default outputs/) with the same
 code a run uses (tracking.publish), which skips a result_id already in the store: running it twice
-imports once. Nothing on disk is changed or deleted. Exit 3 when the store is still unavailable.
+imports once, also while a run is publishing the same dir. Runs this host's iosweep processes left
+RUNNING when they died are closed as KILLED first. Only files inside each run dir are read, and a
+result.json whose fields have the wrong type is skipped with the reason. Nothing on disk is changed
+or deleted. Exit 3 when the store is still unavailable.
 """
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -34,13 +37,13 @@ def run_dirs(paths: list[Path]) -> list[Path]:
     return list(found.values())
 
 
-def result_id(run_dir: Path) -> str | None:
-    """The record's id, or None when result.json is not a record publish() can log."""
+def problem(run_dir: Path) -> str | None:
+    """Why result.json is not a record publish() can log (None: it is one)."""
     try:
-        record = json.loads((run_dir / "result.json").read_text())
-        return record["result_id"] if {"name", "params", "status"} <= record.keys() else None
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
+        tracking.read_record(run_dir)
+    except (OSError, tracking.BadRecord) as e:
+        return str(e)
+    return None
 
 
 def main(argv: list[str]) -> int:
@@ -51,13 +54,21 @@ def main(argv: list[str]) -> int:
     todo = run_dirs(args.paths)
     uri = tracking.tracking_uri()
     imported = present = skipped = 0
+    if todo and runs.store_exists():  # runs left RUNNING by dead processes: KILLED, before importing
+        with contextlib.suppress(Exception):  # a store that fails says so below, at its first import
+            tracking.close_dead_runs(tracking.client())
     for run_dir in todo:
-        if result_id(run_dir) is None:  # e.g. cut short by a full disk: say so, import the others
-            print(f"skipped {run_dir}: result.json is not a complete iosweep record", flush=True)
+        why = problem(run_dir)
+        if why is not None:  # e.g. cut short by a full disk, or crafted: say so, import the others
+            print(f"skipped {run_dir}: result.json is not a complete iosweep record ({why})", flush=True)
             skipped += 1
             continue
         try:
             run_id, logged = tracking.publish(run_dir)
+        except tracking.BadRecord as e:  # changed since problem() read it
+            print(f"skipped {run_dir}: result.json is not a complete iosweep record ({e})", flush=True)
+            skipped += 1
+            continue
         except Exception as e:  # any failure of the store: the run dirs stay as they are
             console.fail(f"tracking store {uri} unavailable ({tracking.store_reason(e)}); {imported} of {len(todo)} run dir(s) "
                          f"imported before it failed, nothing deleted: run python -m runner.sync again later",

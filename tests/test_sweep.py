@@ -52,6 +52,7 @@ def test_sequential_vs_random_and_failures_are_reported():
     assert any(n.startswith("FAILED: pattern=rand_read block_kb=64: target.dir") for n in notes)
 
 
+@pytest.mark.slow
 def test_sweep_leaves_table_findings_plots_and_best_point_on_the_parent(tmp_path):
     p = run_cli(tmp_path, "-m", "block_kb=64,256", "writers=1,2", "pattern=rand_read", "size_mb=16")
     assert p.returncode == 0, p.stderr
@@ -66,12 +67,15 @@ def test_sweep_leaves_table_findings_plots_and_best_point_on_the_parent(tmp_path
     assert parent.data.metrics["best_throughput_mib_s"] == pytest.approx(best.data.metrics["throughput_mib_s"])
     assert parent.data.tags["iosweep.best_run_id"] == best.info.run_id
     sweep_dir = Path(parent.data.tags["iosweep.sweep_dir"])
+    # where to look, at the start and again at the end of the sweep's output
+    assert p.stdout.count(f"iosweep: sweep dir {sweep_dir}, MLflow parent run {parent.info.run_id}") == 2, p.stdout
     with open(sweep_dir / "summary.csv") as f:
         table = list(csv.DictReader(f))
     assert len(table) == 4 and {r["status"] for r in table} == {"FINISHED"}
     assert "## Findings" in (sweep_dir / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_failing_point_fails_alone(tmp_path):
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("someone's file")
@@ -92,6 +96,7 @@ def test_a_failing_point_fails_alone(tmp_path):
     assert all(r.info.status != "RUNNING" for r in runs)
 
 
+@pytest.mark.slow
 def test_every_run_carries_provenance(tmp_path):
     p = run_cli(tmp_path, "size_mb=8")
     assert p.returncode == 0, p.stderr
@@ -107,6 +112,7 @@ def test_every_run_carries_provenance(tmp_path):
         assert len(tags["iosweep.git_sha"]) == 40 and tags["iosweep.git_dirty"] in ("true", "false")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset, smoke", [
     ("io_microbench", ["hydra.sweeper.params.block_kb='4,4096'", "hydra.sweeper.params.size_mb='16'",
                        "hydra.sweeper.params.writers='1,2'", "repeats=2"]),
