@@ -22,7 +22,7 @@ if __name__ == "__main__":
     try:
         preflight.check(sys.argv[1:])
     except preflight.UserError as e:
-        console.fail(str(e))
+        console.fail(str(e), e.code)
     app.stop_on_signals()
     try:
         main()

@@ -192,12 +192,13 @@ class SweepCallback(Callback):
         self.points: list[dict] = []
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        overrides = " ".join(config.hydra.overrides.task) or "(defaults)"
+        task = OmegaConf.to_container(config.hydra.overrides.task)  # as typed: `trial=${nope},1` is text here
+        overrides = " ".join(task) or "(defaults)"
         overrides = secrets.mask_text(overrides)
         # Hydra's launcher prints every job's overrides: mask credentials there too
         logging.getLogger("hydra._internal.core_plugins.basic_launcher").addFilter(secrets.MaskFilter())
         tags = {"mlflow.runName": f"sweep {overrides}", "iosweep.sweep": "true",
-                "iosweep.overrides": secrets.mask_text(" ".join(config.hydra.overrides.task)),
+                "iosweep.overrides": secrets.mask_text(" ".join(task)),
                 "iosweep.sweep_dir": str(Path(config.hydra.sweep.dir).absolute())}
         if os.environ.get(REPRODUCED_ENV):
             tags["iosweep.reproduced_from"] = os.environ[REPRODUCED_ENV]
