@@ -23,7 +23,7 @@ def cli() -> None:
     try:
         preflight.check(sys.argv[1:])
     except preflight.UserError as e:
-        console.fail(str(e))
+        console.fail(str(e), e.code)
     app.stop_on_signals()
     try:
         main()

@@ -6,7 +6,9 @@ the bad point becomes a FAILED child run carrying the one-line error and the swe
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import sys
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 import workloads
 from workloads import ConfigError, DataSpec, Interrupted, Result, Spec, WorkloadError
@@ -64,9 +67,10 @@ def _number(cfg: DictConfig, key: str, minimum: float = 0.0, optional: bool = Fa
     value = OmegaConf.select(cfg, key)
     if optional and value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+    # inf and nan pass a plain comparison (nan compares False) and then overflow the ns clocks
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or \
             (value <= minimum if strict else value < minimum):
-        rule = f"must be a number {'>' if strict else '>='} {minimum:g}" + (" or null" if optional else "")
+        rule = f"must be a finite number {'>' if strict else '>='} {minimum:g}" + (" or null" if optional else "")
         raise ConfigError(key, value, rule)
     return float(value)
 
@@ -78,8 +82,25 @@ def _switch(cfg: DictConfig, key: str) -> bool:
     return value
 
 
+def _resolve_all(cfg: DictConfig) -> None:
+    """An interpolation that cannot be resolved (`${nope}`, `${oc.env:UNSET}`) is the user's error
+    naming its key; in a sweep where only some points have it, those points fail alone."""
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        raw = OmegaConf.to_container(cfg)  # unresolved: the text the user wrote
+        for part in key.split("."):
+            raw = raw.get(part) if isinstance(raw, dict) else None
+        reason = str(e).strip().splitlines()[0]
+        reason = re.sub(r"^\w+ raised while resolving interpolation: ", "", reason).strip("\"'")  # oc.env's KeyError
+        raise ConfigError(key, raw, f"cannot be resolved ({reason}): define what it refers to or give a value") \
+            from None
+
+
 def to_spec(cfg: DictConfig) -> Spec:
     """Type-check the knobs (the schema leaves them loose, see schema.py), then range-check."""
+    _resolve_all(cfg)
     return Spec(
         pattern=cfg.pattern.name, read_pct=_whole(cfg, "pattern.read_pct", 0),
         block_size=_whole(cfg, "block_kb") * 1024, writers=_whole(cfg, "writers"),
@@ -96,7 +117,9 @@ def to_spec(cfg: DictConfig) -> Spec:
 
 
 def run_name(cfg: DictConfig) -> str:
-    return f"{cfg.pattern.name} {cfg.block_kb}k x{cfg.writers} {cfg.engine.name}"
+    def get(key):  # a bad interpolation must not stop the point before to_spec names it
+        return OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+    return f"{get('pattern.name')} {get('block_kb')}k x{get('writers')} {get('engine.name')}"
 
 
 # param -> whether it does anything at this point (keys not listed always apply): the MLflow run
@@ -114,11 +137,21 @@ APPLIES = {
 }
 
 
+def _applies(key: str, cfg: DictConfig) -> bool:
+    try:
+        return key not in APPLIES or APPLIES[key](cfg)
+    except OmegaConfBaseException:  # the deciding knob does not resolve: keep the key, the point fails by name
+        return True
+
+
 def params_of(cfg: DictConfig, hc) -> dict[str, str]:
     """The point's knobs as MLflow params: unset (null) keys and keys that do not apply are left out,
     and a group appears once, as its choice (`engine`, not also `engine.name`)."""
-    params = {k: v for k, v in tracking.flatten(_without_none(OmegaConf.to_container(cfg, resolve=True))).items()
-              if k not in APPLIES or APPLIES[k](cfg)}
+    try:
+        container = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException:  # an interpolation that does not resolve: to_spec fails the point by name
+        container = OmegaConf.to_container(cfg)
+    params = {k: v for k, v in tracking.flatten(_without_none(container)).items() if _applies(k, cfg)}
     for group in GROUPS:
         choice = hc.runtime.choices.get(group)
         if choice is not None:

@@ -1,12 +1,16 @@
-"""Check the command line before Hydra runs anything: one line for a misspelt key or an unknown
-group choice, instead of Hydra's multi-line report.
+"""Check the command line before Hydra runs anything: one line for a misspelt key, an unknown
+group choice, a `+key` the schema lacks, a launcher that runs points at once, a chdir, a run dir
+or store that cannot exist, instead of Hydra's multi-line report or a traceback later.
 
-Values are not checked here: the numeric knobs are loosely typed in the schema and checked per
-point by to_spec()/Spec.check(), so that in a sweep a bad value fails its own point only.
+Values are checked on the first point with the same to_spec()/Spec.check() each job runs: a bad
+value is refused before any run dir exists, unless in a sweep another value of a swept key gives
+a point that passes; then the bad points fail alone (the knobs are loosely typed in the schema
+for this reason).
 """
 from __future__ import annotations
 
 import difflib
+import os
 import re
 
 from omegaconf import OmegaConf
@@ -16,10 +20,15 @@ from .schema import CONF, GROUPS
 
 NOT_RUNS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
             "--resolve", "--package", "-p"}
+RUN_MODES = {"--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--run", "-r"}  # one each, says Hydra
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+FROM_CONFIG = "remove it from the config that sets it (an experiment preset's defaults list)"
 
 
 class UserError(Exception):
-    pass
+    def __init__(self, message: str, code: int = 2):  # 2: the user's input; 3: the tracking store
+        super().__init__(message)
+        self.code = code
 
 
 def choices(group: str) -> list[str]:
@@ -39,6 +48,7 @@ def check(args: list[str]) -> None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    check_mode(args)
     if any(a.split("=")[0] in NOT_RUNS for a in args):
         return
     texts = [a for a in args if "=" in a and not a.startswith("-") or a.startswith("~")]
@@ -46,10 +56,13 @@ def check(args: list[str]) -> None:
         overrides = OverridesParser.create().parse_overrides(texts)
     except HydraException as e:
         raise UserError(secrets.mask_text(str(e).strip().splitlines()[0])) from None
+    check_additions(overrides)
+    check_launcher_override(overrides)
     first_values = []
     for o in overrides:
         key = o.key_or_group
         if key.startswith("hydra"):
+            first_values.append(first_value(o))  # hydra.job.chdir, hydra.run.dir…: checked once composed
             continue
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
         if key in GROUPS and not o.is_delete():
@@ -60,18 +73,169 @@ def check(args: list[str]) -> None:
                             else o.input_line)
     try:
         with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-            compose("config", overrides=first_values)
+            cfg = compose("config", overrides=first_values, return_hydra_config=True)
     except Exception as e:  # Hydra and OmegaConf errors: say which key, in one line
         raise UserError(describe(e)) from None
+    multirun = "-m" in args or "--multirun" in args
+    check_hydra_settings(cfg, multirun)
+    check_values(cfg, overrides, first_values, multirun)
+
+
+def first_value(o) -> str:
+    """The override as it applies to the first point of a sweep (itself when it sweeps nothing)."""
+    if o.is_delete() or not o.is_sweep_override():
+        return o.input_line
+    return f"{o.get_key_element()}={next(iter(o.sweep_string_iterator()))}"
+
+
+def check_mode(args: list[str]) -> None:
+    """Hydra takes one of -m, --cfg, --info…; together it raised a ValueError with a traceback."""
+    if "-m" not in args and "--multirun" not in args:
+        return
+    other = next((a.split("=")[0] for a in args if a.split("=")[0] in RUN_MODES), None)
+    if other:
+        raise UserError(f"-m with {other}: Hydra does one of them at a time; to see a point's config, drop -m "
+                        f"and give one value per key (python -m runner {other} job block_kb=4)")
+
+
+def check_additions(overrides) -> None:
+    """`+key=` and `++key=` add a key the schema lacks: it would be logged as a parameter while
+    changing nothing (`+engine.iodepth=32`). Only config groups (Hydra's defaults list) and
+    hydra.* settings may be added."""
+    for o in overrides:
+        key = o.key_or_group
+        if not (o.is_add() or o.is_force_add()) or key.startswith("hydra") or "/" in key or key in GROUPS:
+            continue
+        if key in known_keys():
+            continue  # ++block_kb=4 sets an existing key; +block_kb=4 is refused by Hydra (describe)
+        plus = "++" if o.is_force_add() else "+"
+        near = difflib.get_close_matches(key, known_keys(), n=1)
+        raise UserError(f"{plus}{key}: no such key, so it would be logged while changing nothing; "
+                        + (f"did you mean {near[0]}?" if near else "remove it (conf/config.yaml lists the knobs)"))
+
+
+def launcher_refusal(setting: str, fix: str = "remove this override") -> str:
+    return (f"{setting}: runs sweep points at the same time, which spoils each other's numbers on one "
+            f"machine; iosweep runs points one after another (the basic launcher) — {fix}")
+
+
+def check_launcher_override(overrides) -> None:
+    """Before composing: the plugin may not even be installed (Hydra: "Could not find ...")."""
+    for o in overrides:
+        if o.key_or_group in ("hydra/launcher", "hydra.launcher") and not o.is_delete():
+            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+            for name in values:
+                if name != "basic":
+                    raise UserError(launcher_refusal(f"hydra/launcher={name}"))
+
+
+def check_hydra_settings(cfg, multirun: bool) -> None:
+    """What Hydra itself would do with the composed config, whether set on the command line or
+    in a preset: a concurrent launcher, a chdir into each job, a run dir or store that cannot exist."""
+    launcher = OmegaConf.select(cfg, "hydra.launcher._target_")
+    if launcher != BASIC_LAUNCHER:
+        choice = OmegaConf.select(cfg, "hydra.runtime.choices", default={}).get("hydra/launcher")
+        setting = (f"hydra/launcher={choice}" if choice not in (None, "basic")
+                   else f"hydra.launcher._target_={launcher}")
+        raise UserError(launcher_refusal(setting, FROM_CONFIG))
+    if OmegaConf.select(cfg, "hydra.job.chdir"):
+        raise UserError("hydra.job.chdir=true: iosweep finds its run dirs and MLflow store (outputs/) from the "
+                        "directory you run in, so each job would start a store of its own; remove that setting "
+                        "(iosweep needs chdir=false)")
+    check_output_dirs(cfg, multirun)
+
+
+def static_part(path: str) -> str:
+    """The part of a run-dir template before its first interpolation (`outputs/runs/${now:...}`
+    -> `outputs/runs`): what exists, or must, before the job starts."""
+    head = path.split("${", 1)[0]
+    return head if head == path else head.rsplit("/", 1)[0] or "."
+
+
+def check_output_dirs(cfg, multirun: bool) -> None:
+    """outputs/ being a file, or a 300-byte name: one line before Hydra creates anything."""
+    from workloads.spec import path_problem
+
+    from .tracking import tracking_uri
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    template = str(OmegaConf.to_container(cfg.hydra, resolve=False)["sweep" if multirun else "run"]["dir"])
+    problem = path_problem(static_part(template))
+    if problem:
+        raise UserError(f"{key}={template}: {problem}")
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        store_dir = os.path.dirname(uri[len("sqlite:///"):])
+        problem = path_problem(store_dir)
+        if problem:
+            raise UserError(f"tracking store {uri}: {problem}", code=3)
+
+
+def check_values(cfg, overrides: list, first_values: list[str], multirun: bool) -> None:
+    """Build the first point's Spec as app.to_spec does (finite numbers, ranges, paths, `${nope}`):
+    a bad value is refused here, before Hydra creates a run dir. In a sweep it is refused only
+    when no other value of a swept key gives a point that passes; otherwise the bad points fail
+    alone, each as a FAILED child run with this same line."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.utils import setup_globals
+
+    from workloads import ConfigError
+
+    from .app import to_spec
+
+    def composed(point: list[str]):
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return compose("config", overrides=point, return_hydra_config=True)
+
+    def problem(cfg) -> ConfigError | None:
+        HydraConfig.instance().set_config(cfg)  # ${hydra:...} and ${now:} resolve as in a job
+        try:
+            to_spec(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]))
+        except ConfigError as e:
+            return e
+        except Exception:  # not a value the user can fix: the job itself reports it as before
+            return None
+        return None
+
+    setup_globals()
+    overrides, first_values = list(overrides), list(first_values)
+    given = {o.key_or_group for o in overrides}
+    params = OmegaConf.select(cfg, "hydra.sweeper.params") if multirun else None
+    swept = [f"{k}={v}" for k, v in (params or {}).items() if k not in given]  # a preset's sweep
+    if swept:
+        extra = OverridesParser.create().parse_overrides(swept)
+        overrides += extra
+        first_values += [first_value(o) for o in extra]
+        cfg = composed(first_values)
+    error = problem(cfg)
+    if error is None or "${hydra:" in str(error.value):  # job-time values (hydra.job.num) exist only in a job
+        return
+    if multirun:  # does another value of a swept key give a point that passes?
+        for i, o in enumerate(overrides):
+            if o.key_or_group.startswith("hydra") or not o.is_sweep_override():
+                continue
+            for value in list(o.sweep_string_iterator())[1:]:
+                try:
+                    if problem(composed(first_values[:i] + [f"{o.get_key_element()}={value}"]
+                                        + first_values[i + 1:])) is None:
+                        return  # some points pass: the others fail alone, as FAILED children
+                except Exception:
+                    continue  # that value does not compose: its point fails by itself
+    raise UserError(secrets.mask_text(str(error)))
 
 
 def describe(e: Exception) -> str:
     text = f"{e} {e.__cause__ or ''}"
+    launcher = re.search(r"Could not find 'hydra/launcher/([^']+)'", text)
+    if launcher:  # set by a preset; the plugin is not even installed
+        return launcher_refusal(f"hydra/launcher={launcher[1]}", FROM_CONFIG)
     m = re.search(r"Could not override '([^']+)'|Key '([^']+)' is not in struct|Could not append to config. "
-                  r"An item is already at '([^']+)'", text)
+                  r"An item is already at '([^']+)'|Multiple values for (\w+)\.", text)
     if m:
         key = next(g for g in m.groups() if g)
-        if "already at" in text:
+        if "already at" in text or "Multiple values for" in text:  # +block_kb=4, +experiment=NAME
             return f"+{key}: {key} already exists; set it without the +"
         near = difflib.get_close_matches(key, known_keys(), n=1)
         return f"{key}: no such key" + (f"; did you mean {near[0]}?" if near else "; see conf/config.yaml")

@@ -466,7 +466,8 @@ class SweepCallback(Callback):
         self.finished = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        overrides = " ".join(config.hydra.overrides.task) or "(defaults)"
+        task = OmegaConf.to_container(config.hydra.overrides.task)  # as typed: `trial=${nope},1` is text here
+        overrides = " ".join(task) or "(defaults)"
         overrides = secrets.mask_text(overrides)
         # Hydra's launcher prints every job's overrides: mask credentials there too
         logging.getLogger("hydra._internal.core_plugins.basic_launcher").addFilter(secrets.MaskFilter())
@@ -476,7 +477,7 @@ class SweepCallback(Callback):
 
             fail(f"objective={objective!r}: not a metric; choose one of {', '.join(OBJECTIVES)}")
         tags = {"mlflow.runName": f"sweep {overrides}", "iosweep.sweep": "true",
-                "iosweep.overrides": secrets.mask_text(" ".join(config.hydra.overrides.task)),
+                "iosweep.overrides": secrets.mask_text(" ".join(task)),
                 "iosweep.sweep_dir": str(Path(config.hydra.sweep.dir).absolute()), **process_tags()}
         if os.environ.get(REPRODUCED_ENV):
             tags["iosweep.reproduced_from"] = os.environ[REPRODUCED_ENV]

@@ -73,3 +73,31 @@ def test_engine_null_is_the_null_engine_not_yaml_null():
     assert app.quote_null_choices(["engine=null", "engine=sync,null", "size_mb=null"]) == \
         ["engine='null'", "engine=sync,'null'", "size_mb=null"]
     assert compose_with(["engine=null"]).engine.name == "null"
+
+
+@pytest.mark.parametrize("override, key, says", [
+    ("duration_s=inf", "duration_s", "finite"), ("duration_s=nan", "duration_s", "finite"),
+    ("duration_s=-inf", "duration_s", "finite"), ("duration_s=1e10", "duration_s", "one week"),
+    ("ramp_s=inf", "ramp_s", "finite"), ("ramp_s=nan", "ramp_s", "finite"),
+    ("log_interval_s=inf", "log_interval_s", "finite"), ("log_interval_s=nan", "log_interval_s", "finite"),
+    ("seed=18446744073709551616", "seed", "fio's range"),
+    ("trial=${nope}", "trial", "Interpolation key 'nope' not found"),
+    ("target.dir=/x/${nope}", "target.dir", "Interpolation key 'nope' not found"),
+    ("trial=${oc.env:IOSWEEP_TEST_UNSET}", "trial", "Environment variable 'IOSWEEP_TEST_UNSET' not found"),
+])
+def test_non_finite_huge_and_unresolvable_values_are_refused_by_name(override, key, says):
+    cfg = compose_with([override])
+    with pytest.raises(ConfigError) as e:
+        app.to_spec(cfg)
+    assert e.value.key == key and says in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_bad_interpolation_reaches_to_spec_not_a_traceback_before_it():
+    """In a sweep the point's run name and params are made before to_spec: they must not raise,
+    so the point becomes a FAILED child naming the key instead of an orphan."""
+    cfg = compose_with(["block_kb=${nope}"])
+    assert app.run_name(cfg) == "seq_write Nonek x1 sync"
+    params = app.params_of(cfg, type("HC", (), {"runtime": type("R", (), {"choices": {}})})())
+    assert params["block_kb"] == "${nope}"
+    with pytest.raises(ConfigError, match="block_kb"):
+        app.to_spec(cfg)

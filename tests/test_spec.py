@@ -1,6 +1,9 @@
+import math
+
 import pytest
 
 from workloads import ConfigError, DataSpec, Spec
+from workloads.spec import MAX_SECONDS, path_problem
 
 
 @pytest.mark.parametrize("kwargs, key", [
@@ -22,6 +25,21 @@ from workloads import ConfigError, DataSpec, Spec
     ({"data": DataSpec("dgen", 1, 0)}, "data.dedup_ratio"),
     ({"data": DataSpec("dgen", 1.5, 1)}, "data.compress_ratio"),
     ({"data": DataSpec("random", 1, 1)}, "data"),
+    # inf, nan and huge times passed the old `> 0` checks and overflowed the ns clocks in the workers
+    ({"duration_s": math.inf}, "duration_s"),
+    ({"duration_s": math.nan}, "duration_s"),
+    ({"duration_s": 1e10}, "duration_s"),
+    ({"duration_s": MAX_SECONDS + 1}, "duration_s"),
+    ({"ramp_s": math.inf}, "ramp_s"),
+    ({"ramp_s": math.nan}, "ramp_s"),
+    ({"log_interval_s": math.inf}, "log_interval_s"),
+    ({"log_interval_s": math.nan}, "log_interval_s"),
+    ({"log_interval_s": 0}, "log_interval_s"),
+    ({"seed": 2**64}, "seed"),
+    ({"seed": -1}, "seed"),
+    ({"target_dir": "/tmp/" + "a" * 300}, "target.dir"),
+    ({"target_dir": "/tmp/" + "a/" * 2100}, "target.dir"),
+    ({"target": "device", "target_path": "/tmp/" + "d" * 256}, "target.path"),
 ])
 def test_bad_values_name_their_key(kwargs, key):
     with pytest.raises(ConfigError) as e:
@@ -34,3 +52,23 @@ def test_good_spec_passes_and_splits_the_working_set():
     spec = Spec(block_size=64 << 10, writers=3, size_bytes=100 << 20).check()
     assert spec.file_size % spec.block_size == 0
     assert spec.file_size * 3 <= 100 << 20 < (spec.file_size + spec.block_size) * 3
+
+
+def test_the_limits_themselves_pass():
+    Spec(duration_s=MAX_SECONDS, ramp_s=0.0, log_interval_s=MAX_SECONDS, seed=2**63 - 2,
+         target_dir="/tmp/" + "a" * 255).check()
+
+
+def test_path_problem_names_the_file_in_the_way(tmp_path):
+    blocker = tmp_path / "outputs"
+    blocker.write_text("not a dir")
+    assert path_problem(str(blocker / "runs" / "x")) == f"{blocker} is not a directory: move that file away or " \
+                                                         "choose another path"
+    assert "is not a directory" in path_problem(str(blocker))
+    assert path_problem(str(blocker), is_dir=False) is None  # a file where a file may be (target.path)
+    assert path_problem(str(tmp_path / "new" / "deeper")) is None
+    assert "255 bytes per name" in path_problem("x" * 256)
+    assert "at most 4095 bytes" in path_problem("/".join(["y" * 200] * 21))
+    with pytest.raises(ConfigError) as e:
+        Spec(target_dir=str(blocker / "scratch")).check()
+    assert e.value.key == "target.dir" and str(blocker) in str(e.value)

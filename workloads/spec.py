@@ -5,6 +5,8 @@ can build one directly. `Spec.check()` raises ConfigError naming the key the use
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
@@ -14,6 +16,35 @@ CACHE_MODES = ("cold", "warm", "drop")
 DATA_KINDS = ("dgen", "zeros")
 PAGE = 4096
 MAX_WRITERS = 256  # beyond this a 2..64-core box only measures its scheduler
+MAX_SECONDS = 7 * 24 * 3600  # a week: longer is a typo, and ns clocks and fio's runtime still hold it
+MAX_SEED = 2**63 - 2  # fio takes randseed=seed+1 as a signed 64-bit number
+NAME_MAX, PATH_MAX = 255, 4096  # Linux: bytes per path component, bytes per path (with its NUL)
+
+
+def path_problem(path: str, is_dir: bool = True) -> str | None:
+    """Why `path` can never be used (a directory iosweep creates or uses, or a file if not is_dir), or None.
+
+    Checked before any I/O, so the user gets one line instead of ENAMETOOLONG or ENOTDIR later.
+    """
+    raw = os.fsencode(str(path))
+    if len(raw) >= PATH_MAX:
+        return f"is {len(raw)} bytes long; Linux allows paths of at most {PATH_MAX - 1} bytes: choose a shorter path"
+    for part in raw.split(b"/"):
+        if len(part) > NAME_MAX:
+            return (f"has a component of {len(part)} bytes; Linux allows at most {NAME_MAX} bytes per name: "
+                    "choose shorter names")
+    absolute = os.path.abspath(os.path.expanduser(str(path)))
+    if not is_dir:
+        absolute = os.path.dirname(absolute)
+    while True:  # the nearest existing ancestor must be a directory (outputs/ being a file: ENOTDIR)
+        if os.path.lexists(absolute):
+            if not os.path.isdir(absolute):
+                return f"{absolute} is not a directory: move that file away or choose another path"
+            return None
+        parent = os.path.dirname(absolute)
+        if parent == absolute:
+            return None
+        absolute = parent
 
 
 @dataclass(frozen=True)
@@ -74,8 +105,17 @@ class Spec:
 
     def check(self) -> "Spec":
         def positive(key, value, unit=""):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ConfigError(key, value, f"must be a number > 0{unit}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value <= 0:
+                raise ConfigError(key, value, f"must be a finite number > 0{unit}")
+
+        def seconds(key, value, zero_ok=False):
+            """A time knob: finite, > 0 (or >= 0), at most a week (inf and 1e10 overflow the ns clocks)."""
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < 0 or (value == 0 and not zero_ok):
+                raise ConfigError(key, value, f"must be a finite number {'>=' if zero_ok else '>'} 0 (seconds)")
+            if value > MAX_SECONDS:
+                raise ConfigError(key, value, f"must be at most {MAX_SECONDS} (one week, in seconds)")
 
         if self.pattern not in PATTERNS:
             raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(PATTERNS))
@@ -86,10 +126,15 @@ class Spec:
             raise ConfigError("writers", self.writers, f"must be <= {MAX_WRITERS}")
         positive("size_mb", self.size_bytes)
         if self.duration_s is not None:
-            positive("duration_s", self.duration_s)
-        if self.ramp_s < 0:
-            raise ConfigError("ramp_s", self.ramp_s, "must be >= 0")
-        positive("log_interval_s", self.log_interval_s)
+            seconds("duration_s", self.duration_s)
+        seconds("ramp_s", self.ramp_s, zero_ok=True)
+        seconds("log_interval_s", self.log_interval_s)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError("seed", self.seed, f"must be a whole number from 0 to {MAX_SEED} (fio's range)")
+        for key, path, is_dir in (("target.dir", self.target_dir, True), ("target.path", self.target_path, False)):
+            problem = path and path_problem(path, is_dir)
+            if problem:
+                raise ConfigError(key, path, problem)
         if self.cache not in CACHE_MODES:
             raise ConfigError("cache", self.cache, "choose one of " + ", ".join(CACHE_MODES))
         positive("repeats", self.repeats)
