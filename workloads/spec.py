@@ -14,6 +14,9 @@ CACHE_MODES = ("cold", "warm", "drop")
 DATA_KINDS = ("dgen", "zeros")
 PAGE = 4096
 MAX_WRITERS = 256  # beyond this a 2..64-core box only measures its scheduler
+# engine=fio: the ioengines that issue this Spec's ops to a file or block device (psync = engine=sync)
+FIO_IOENGINES = ("psync", "sync", "pvsync", "pvsync2", "vsync", "libaio", "io_uring", "posixaio", "mmap")
+MAX_SEED = 2**63 - 2  # fio's randseed (seed + 1) is a signed 64-bit number; numpy takes any seed >= 0
 
 
 @dataclass(frozen=True)
@@ -110,4 +113,8 @@ class Spec:
             value = getattr(self.data, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}", value, "must be an integer >= 1 (dgen-py takes whole ratios)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError("seed", self.seed, f"must be a whole number from 0 to {MAX_SEED} (2**63 - 2)")
+        if self.ioengine is not None and self.ioengine not in FIO_IOENGINES:  # it is written into fio's job file
+            raise ConfigError("engine.ioengine", self.ioengine, "choose one of " + ", ".join(FIO_IOENGINES))
         return self

@@ -1,0 +1,92 @@
+"""Issue 9: never write, copy or run what is not ours."""
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from workloads import ConfigError, Spec
+from workloads.engines import fio as fio_engine
+from workloads.spec import FIO_IOENGINES, MAX_SEED
+from workloads.targets.base import Mount, Placement
+
+MIB = 1 << 20
+INJECTION = "psync\n[x]\ndirectory={dir}\nfilename=sentinel.txt\nrw=write\nsize=4k\n[y]"
+
+
+def placement(scratch=None, shared_path=None) -> Placement:
+    return Placement(Path(scratch) if scratch else None, Mount("/", "ext4", "", "", "0:0"), None, "buffered",
+                     shared_path=Path(shared_path) if shared_path else None)
+
+
+def fio_spec(**kw) -> Spec:
+    return Spec(**dict(dict(engine="fio", pattern="rand_read", block_size=4096, size_bytes=4 * MIB), **kw))
+
+
+# --- fio job file ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ioengine", [INJECTION.format(dir="/"), "cpuio", "exec", "psync ", 1])
+def test_ioengine_outside_the_fixed_set_is_refused(ioengine):
+    with pytest.raises(ConfigError) as e:
+        fio_spec(ioengine=ioengine).check()
+    assert e.value.key == "engine.ioengine" and "choose one of psync" in str(e.value)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError):  # job_file guards a Spec that was never checked
+        fio_engine.job_file(fio_spec(ioengine=ioengine), placement("/tmp/s"), Path("/tmp/l"))
+
+
+@pytest.mark.parametrize("seed", [-1, MAX_SEED + 1, 2**64, 2**64 + 5, 1.5, True, "1"])
+def test_seed_outside_what_both_engines_accept_is_refused(seed):
+    with pytest.raises(ConfigError) as e:
+        fio_spec(seed=seed).check()
+    assert e.value.key == "seed" and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("bad", ["/tmp/a\n[x]", "/tmp/a:/etc", "/tmp/$HOME", "/tmp/a;b", "/tmp/a#b", "/tmp/a]",
+                                 "/tmp/a\\b", "/tmp/a ", "/tmp/a\rb"])
+def test_paths_fio_would_misparse_are_refused(bad):
+    with pytest.raises(ConfigError) as e:
+        fio_engine.job_file(fio_spec(), placement(scratch=bad), Path("/tmp/l"))
+    assert e.value.key == "target.dir"
+    with pytest.raises(ConfigError) as e:
+        fio_engine.job_file(fio_spec(target="device"), placement(shared_path=bad), Path("/tmp/l"))
+    assert e.value.key == "target.path"
+    with pytest.raises(ConfigError) as e:  # refused before the target creates anything
+        fio_engine.FioEngine().check(fio_spec(target_dir=bad))
+    assert e.value.key == "target.dir"
+
+
+@pytest.mark.parametrize("read_pct", ["50\n[x]\nfilename=/etc/x", "50]", 50.5, True])
+def test_job_file_takes_numbers_only_as_numbers(read_pct):
+    """A Spec built without check(): job_file itself refuses anything but an int."""
+    spec = fio_spec(pattern="mixed", read_pct=read_pct)
+    with pytest.raises((TypeError, ValueError)):
+        fio_engine.job_file(spec, placement("/tmp/s"), Path("/tmp/l"))
+
+
+@pytest.mark.parametrize("ioengine", FIO_IOENGINES)
+def test_job_file_with_the_largest_seed_parses_in_fio(tmp_path, ioengine):
+    spec = fio_spec(seed=MAX_SEED, ioengine=ioengine, pattern="mixed", read_pct=70, duration_s=1.5, ramp_s=0.5,
+                    writers=2).check()
+    job = fio_engine.job_file(spec, placement(tmp_path / "scratch dir"), tmp_path)
+    assert [line for line in job.splitlines() if line.startswith("[")] == ["[global]", "[iosweep]"]
+    assert f"randseed={MAX_SEED + 1}" in job
+    (tmp_path / "job.fio").write_text(job)
+    p = subprocess.run(["fio", "--parse-only", str(tmp_path / "job.fio")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+@pytest.mark.slow
+def test_fio_job_injection_from_the_command_line_is_refused(tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    sentinel = foreign / "sentinel.txt"
+    sentinel.write_text("precious\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    attack = "engine.ioengine='" + INJECTION.format(dir=foreign) + "'"
+    p = run_cli(work, "engine=fio", attack, "size_mb=4")
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert len(p.stderr.strip().splitlines()) == 1 and "engine.ioengine=" in p.stderr, p.stderr
+    assert "choose one of psync" in p.stderr
+    assert sentinel.read_text() == "precious\n" and [q.name for q in foreign.iterdir()] == ["sentinel.txt"]
