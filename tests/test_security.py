@@ -90,3 +90,79 @@ def test_fio_job_injection_from_the_command_line_is_refused(tmp_path):
     assert len(p.stderr.strip().splitlines()) == 1 and "engine.ioengine=" in p.stderr, p.stderr
     assert "choose one of psync" in p.stderr
     assert sentinel.read_text() == "precious\n" and [q.name for q in foreign.iterdir()] == ["sentinel.txt"]
+
+
+# --- target=device: a block device in use is refused ----------------------------------------------
+
+@pytest.fixture
+def loop_device(tmp_path):
+    """A 64 MiB loop device with an ext4 filesystem holding a sentinel file (not mounted)."""
+    backing = tmp_path / "disk.img"
+    with open(backing, "wb") as f:
+        f.truncate(64 * MIB)
+    dev = subprocess.run(["losetup", "-f", "--show", str(backing)], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    try:
+        subprocess.run(["mkfs.ext4", "-q", dev], check=True)
+        subprocess.run(["mount", dev, str(mnt)], check=True)
+        (mnt / "sentinel.txt").write_text("precious\n")
+        subprocess.run(["umount", str(mnt)], check=True)
+        yield dev, mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)  # if a test left it mounted
+        subprocess.run(["losetup", "-d", dev], check=True)
+
+
+def mount(dev: str, mnt: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(["mount", dev, str(mnt)], capture_output=True, text=True)
+
+
+def test_the_claim_on_a_block_device_is_held_until_cleanup(loop_device):
+    from workloads.targets.device import DeviceTarget
+
+    dev, mnt = loop_device
+    spec = Spec(target="device", target_path=dev, allow_overwrite=True, size_bytes=16 * MIB)
+    first = DeviceTarget(spec)
+    placement = first.prepare()
+    with pytest.raises(ConfigError, match="is in use"):  # a second exclusive open is refused too
+        DeviceTarget(spec).prepare()
+    assert mount(dev, mnt).returncode != 0  # nothing can mount it while iosweep holds it
+    with open(dev, "rb"):  # workers open it without O_EXCL
+        pass
+    first.cleanup(placement)
+    kept = DeviceTarget(spec)
+    kept.prepare()
+    del kept  # keep_files=true skips cleanup(): dropping the target still releases the claim
+    DeviceTarget(spec).cleanup(DeviceTarget(spec).prepare())
+    assert mount(dev, mnt).returncode == 0
+    subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.slow
+def test_a_mounted_block_device_is_refused_and_its_filesystem_kept(tmp_path, loop_device):
+    from test_faults import start_cli, wait_for_measuring
+
+    dev, mnt = loop_device
+    assert mount(dev, mnt).returncode == 0
+    try:
+        p = run_cli(tmp_path, "target=device", f"target.path={dev}", "target.allow_overwrite=true", "size_mb=16")
+        assert p.returncode == 2, (p.stdout, p.stderr)
+        assert p.stderr.strip().splitlines() == [
+            f"iosweep: error: target.path='{dev}': is in use (mounted or claimed by another program): unmount it "
+            "or stop that program, or choose another device"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    assert mount(dev, mnt).returncode == 0 and (mnt / "sentinel.txt").read_text() == "precious\n"
+    subprocess.run(["umount", str(mnt)], check=True)
+    # unmounted, the run works; while it runs the device cannot be mounted
+    p = start_cli(tmp_path, "target=device", f"target.path={dev}", "target.allow_overwrite=true", "size_mb=16",
+                  "pattern=rand_write", "block_kb=4", "duration_s=4")
+    wait_for_measuring(p)
+    during = mount(dev, mnt)
+    if during.returncode == 0:
+        subprocess.run(["umount", str(mnt)], check=True)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    assert during.returncode != 0, "mounted while iosweep wrote to it"
