@@ -161,10 +161,17 @@ def _unmeasured(base: dict, status: str, error: str, why: str | None = None) -> 
                       **host.host_tags()})
 
 
+def _create(path: Path, text: str) -> None:
+    """Write a new file of the run dir; never replace one. The dir was new or empty (preflight), so
+    a file already there means iosweep wrote it twice: a bug, and FileExistsError says so."""
+    with open(path, "x") as f:
+        f.write(text)
+
+
 def _write_and_publish(run_dir: Path, record: dict) -> str | None:
     """result.json first (the measurement is never lost), then MLflow; a store that is down is
     one line and exit 3, with the way to import the run later."""
-    (run_dir / "result.json").write_text(json.dumps(record, indent=1))
+    _create(run_dir / "result.json", json.dumps(record, indent=1))
     try:
         run_id, _ = tracking.publish(run_dir)
     except Exception as e:  # any failure of the store: the result is safe on disk
@@ -182,11 +189,11 @@ def _write_and_publish(run_dir: Path, record: dict) -> str | None:
 
 def _measured(cfg: DictConfig, hc, result: Result, run_dir: Path, start_ms: int) -> dict:
     """Everything a measured point leaves: the record for result.json and the files beside it."""
-    (run_dir / "config.yaml").write_text(tracking.resolved_yaml(cfg))
+    _create(run_dir / "config.yaml", tracking.resolved_yaml(cfg))
     artifacts = [["config.yaml", None], ["result.json", None], [".hydra", ".hydra"]]
     artifacts += _latency_artifacts(result, run_dir)
     for name, text in result.attachments.items():  # e.g. fio's job file and JSON output
-        (run_dir / name).write_text(text)
+        _create(run_dir / name, text)
         artifacts.append([name, "engine"])
     tags = {
         "iosweep.io_mode": result.io_mode,
@@ -227,7 +234,8 @@ def _latency_artifacts(result: Result, run_dir: Path) -> list[list]:
 
     if not result.latency.total:
         return []
-    (run_dir / "latency_histogram.json").write_text(
-        json.dumps({"read": result.lat_read.to_dict(), "write": result.lat_write.to_dict()}))
-    plots.latency_png(result.lat_read, result.lat_write, run_dir / "latency.png")
+    _create(run_dir / "latency_histogram.json",
+            json.dumps({"read": result.lat_read.to_dict(), "write": result.lat_write.to_dict()}))
+    with open(run_dir / "latency.png", "xb") as png:
+        plots.latency_png(result.lat_read, result.lat_write, png)
     return [["latency_histogram.json", "latency"], ["latency.png", "latency"]]

@@ -63,6 +63,32 @@ def check(args: list[str]) -> None:
             compose("config", overrides=first_values)
     except Exception as e:  # Hydra and OmegaConf errors: say which key, in one line
         raise UserError(describe(e)) from None
+    refuse_used_output_dir(args, first_values)
+
+
+def refuse_used_output_dir(args: list[str], overrides: list[str]) -> None:
+    """Hydra writes .hydra/ into the run dir (a sweep's points into the sweep dir) before the task
+    runs, and iosweep then writes result.json beside it: a dir that already holds files (/etc, a
+    previous run's dir) would be written over. Refuse it before Hydra starts."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+
+    from .app import register_resolvers
+
+    register_resolvers()  # the default dirs name the pid: ${iosweep_uid:}
+    hydra_overrides = [a for a in args if a.lstrip("+~").startswith(("hydra.", "hydra/"))]
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose("config", overrides=overrides + hydra_overrides, return_hydra_config=True)
+        multirun = any(a in ("-m", "--multirun") for a in args) or str(cfg.hydra.mode).endswith("MULTIRUN")
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        out_dir = Path(OmegaConf.select(cfg, key))
+    except Exception:  # a dir that cannot even be resolved: Hydra says so itself
+        return
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{key}={out_dir}: already holds files, which iosweep would write over; "
+                        "choose a new or empty directory")
 
 
 def describe(e: Exception) -> str:

@@ -166,3 +166,56 @@ def test_a_mounted_block_device_is_refused_and_its_filesystem_kept(tmp_path, loo
     out, err = p.communicate(timeout=120)
     assert p.returncode == 0, err
     assert during.returncode != 0, "mounted while iosweep wrote to it"
+
+
+# --- run and sweep dirs: never written over ----------------------------------------------------------
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key, mode", [("hydra.run.dir", []), ("hydra.sweep.dir", ["-m", "block_kb=4,8"])])
+def test_an_output_dir_holding_files_is_refused_before_hydra_writes(tmp_path, key, mode):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "result.json").write_text("someone else's\n")
+    p = run_cli(tmp_path, *mode, f"{key}={used}", "engine=null", "size_mb=1")
+    assert p.returncode == 2, (p.stdout, p.stderr)
+    assert p.stderr.strip().splitlines() == [
+        f"iosweep: error: {key}={used}: already holds files, which iosweep would write over; "
+        "choose a new or empty directory"]
+    assert [q.name for q in used.iterdir()] == ["result.json"]  # no .hydra, nothing else
+    assert (used / "result.json").read_text() == "someone else's\n"
+
+
+@pytest.mark.slow
+def test_the_same_run_dir_twice_is_refused_and_the_first_result_kept(tmp_path):
+    run_dir = tmp_path / "run"
+    p = run_cli(tmp_path, f"hydra.run.dir={run_dir}", "engine=null", "size_mb=1")
+    assert p.returncode == 0, p.stderr
+    first = (run_dir / "result.json").read_bytes()
+    p = run_cli(tmp_path, f"hydra.run.dir={run_dir}", "engine=null", "size_mb=2")
+    assert p.returncode == 2 and "already holds files" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert (run_dir / "result.json").read_bytes() == first
+
+
+def test_run_files_are_created_never_replaced(tmp_path):
+    from runner import app
+
+    app._create(tmp_path / "result.json", "first")
+    with pytest.raises(FileExistsError):  # a second write of the same file is a bug, never a silent replace
+        app._create(tmp_path / "result.json", "second")
+    assert (tmp_path / "result.json").read_text() == "first"
+
+
+def test_preflight_resolves_the_dirs_as_hydra_will(tmp_path, monkeypatch):
+    from runner import preflight, schema
+
+    schema.register()
+    monkeypatch.chdir(tmp_path)
+    preflight.check(["block_kb=4"])  # the default run dir (date, time, pid) does not exist yet
+    (tmp_path / "x" / "7").mkdir(parents=True)
+    preflight.check(["hydra.run.dir=x/${writers}", "writers=7"])  # exists, but empty: fine
+    (tmp_path / "x" / "7" / "f").write_text("")
+    with pytest.raises(preflight.UserError, match=r"^hydra.run.dir=x/7: already holds files"):
+        preflight.check(["hydra.run.dir=x/${writers}", "writers=7"])
+    preflight.check(["-m", "hydra.sweep.dir=x/new", "block_kb=4,8"])
+    with pytest.raises(preflight.UserError, match=r"^hydra.sweep.dir=x: already holds files"):
+        preflight.check(["hydra.sweep.dir=x", "hydra.mode=MULTIRUN"])
