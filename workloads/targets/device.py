@@ -5,9 +5,9 @@ overwritten. Writers share the path, each in its own region (fio's offset_increm
 ever created, truncated or removed here: the path is someone else's.
 
 A block device is claimed with an exclusive open (O_EXCL) for the whole run: the kernel refuses it
-(EBUSY) while the device is mounted, a partition of it is, or another program (LVM, md, another
-exclusive opener) holds it, and while iosweep holds the claim nothing can mount it. Workers and fio
-open it without O_EXCL, which the claim allows (a second O_EXCL open would itself get EBUSY).
+(EBUSY) while the device is mounted or another program (LVM, md, another exclusive opener) holds
+it, and while iosweep holds the claim nothing can mount it. Workers and fio open it without O_EXCL,
+which the claim allows (a second O_EXCL open would itself get EBUSY).
 """
 from __future__ import annotations
 
