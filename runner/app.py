@@ -233,8 +233,8 @@ def _unmeasured(base: dict, status: str, error: str, why: str | None = None) -> 
 
 def _write_new(path: Path, write) -> None:
     """Create path (never over an existing file) with write(path); on failure no partial file stays."""
+    path.touch(exist_ok=False)  # FileExistsError: iosweep wrote it twice (a bug), and a foreign file stays
     try:
-        path.touch(exist_ok=False)
         write(path)
     except BaseException:
         path.unlink(missing_ok=True)

@@ -76,7 +76,7 @@ def check(args: list[str]) -> None:
             cfg = compose("config", overrides=first_values, return_hydra_config=True)
     except Exception as e:  # Hydra and OmegaConf errors: say which key, in one line
         raise UserError(describe(e)) from None
-    multirun = "-m" in args or "--multirun" in args
+    multirun = "-m" in args or "--multirun" in args or str(OmegaConf.select(cfg, "hydra.mode")).endswith("MULTIRUN")
     check_hydra_settings(cfg, multirun)
     check_values(cfg, overrides, first_values, multirun)
 
@@ -163,6 +163,7 @@ def check_output_dirs(cfg, multirun: bool) -> None:
     problem = path_problem(static_part(template))
     if problem:
         raise UserError(f"{key}={template}: {problem}")
+    refuse_used_output_dir(cfg, key)
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         store_dir = os.path.dirname(uri[len("sqlite:///"):])
@@ -224,6 +225,24 @@ def check_values(cfg, overrides: list, first_values: list[str], multirun: bool) 
                 except Exception:
                     continue  # that value does not compose: its point fails by itself
     raise UserError(secrets.mask_text(str(error)))
+
+
+def refuse_used_output_dir(cfg, key: str) -> None:
+    """Hydra writes .hydra/ into the run dir (a sweep's points into the sweep dir) before the task
+    runs, and iosweep then writes result.json beside it: a dir that already holds files (/etc, a
+    previous run's dir) would be written over. Refuse it before Hydra starts."""
+    from pathlib import Path
+
+    from .app import register_resolvers
+
+    register_resolvers()  # the default dirs name the pid: ${iosweep_uid:}
+    try:
+        out_dir = Path(OmegaConf.select(cfg, key))
+    except Exception:  # a dir that cannot even be resolved: Hydra says so itself
+        return
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise UserError(f"{key}={out_dir}: already holds files, which iosweep would write over; "
+                        "choose a new or empty directory")
 
 
 def describe(e: Exception) -> str:

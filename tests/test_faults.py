@@ -140,3 +140,29 @@ def test_a_block_device_is_refused_unless_allowed(tmp_path):
         assert Path(dev).exists() and backing.stat().st_size == 64 * MIB
     finally:
         subprocess.run(["losetup", "-d", dev], check=True)
+
+
+@pytest.mark.slow
+def test_disk_full_while_laying_out_a_read_fails_in_one_line_and_cleans_up(tmp_path, small_tmpfs):
+    """The up-front space check passes; someone else takes a few MiB before the layout (in the
+    parent, before any worker) has written the read's 64 MiB."""
+    from workloads.targets.local import SPACE_MARGIN, SPACE_MARGIN_SHARE
+
+    st = os.statvfs(small_tmpfs)
+    need, margin = 64 * MIB, min(SPACE_MARGIN, st.f_blocks * st.f_frsize // SPACE_MARGIN_SHARE)
+    with open(small_tmpfs / "someone-elses.dat", "wb") as f:  # the check will see need + margin + 1 MiB free
+        os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize - need - margin - MIB)
+    p = start_cli(tmp_path, f"target.dir={small_tmpfs}", "size_mb=64", "pattern=seq_read")
+    deadline = time.monotonic() + 60
+    while not list(small_tmpfs.glob("iosweep-*")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with open(small_tmpfs / "someone-elses-too.dat", "wb") as f:  # now 1 MiB short of the layout
+        os.posix_fallocate(f.fileno(), 0, margin + 2 * MIB)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2, (out, err)
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "no space left on" in lines[0] and "MiB written" in lines[0], err
+    assert sorted(q.name for q in small_tmpfs.iterdir()) == ["someone-elses-too.dat", "someone-elses.dat"]
+    _, runs = mlflow_runs(tmp_path)
+    (run,) = runs
+    assert run.info.status == "FAILED" and "no space left" in run.data.tags["iosweep.error"]

@@ -122,6 +122,7 @@ def prepare_files(spec: Spec, placement) -> list[str]:
     """Lay out and evict every file, drop caches if asked, let the device settle: the same for
     every engine, so iosweep's loop and fio start from the same state. Returns warnings."""
     direct = placement.io_mode in ("direct", "direct-ignored")
+    laid_out = 0  # bytes of the finished files, for the message of a full disk
     for worker, path in enumerate(placement.worker_paths(spec.writers)):
         fd = os.open(path, os.O_RDWR | (os.O_DIRECT if direct else 0))
         try:
@@ -133,8 +134,13 @@ def prepare_files(spec: Spec, placement) -> list[str]:
                     source.close()
             if spec.cache != "warm":
                 _evict(fd)
+        except OSError as e:  # a full disk (or an I/O error) while laying out: one line, as in the window
+            partial = os.fstat(fd).st_size if placement.shared_path is None else 0
+            raise WorkloadError(_describe({"errno": e.errno, "message": e.strerror or str(e),
+                                           "bytes_done": laid_out + partial}, placement)) from None
         finally:
             os.close(fd)
+        laid_out += spec.file_size
     warnings = []
     if spec.cache == "drop":
         why = drop_caches()

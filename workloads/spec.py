@@ -45,6 +45,8 @@ def path_problem(path: str, is_dir: bool = True) -> str | None:
         if parent == absolute:
             return None
         absolute = parent
+# engine=fio: the ioengines that issue this Spec's ops to a file or block device (psync = engine=sync)
+FIO_IOENGINES = ("psync", "sync", "pvsync", "pvsync2", "vsync", "libaio", "io_uring", "posixaio", "mmap")
 
 
 @dataclass(frozen=True)
@@ -155,4 +157,8 @@ class Spec:
             value = getattr(self.data, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}", value, "must be an integer >= 1 (dgen-py takes whole ratios)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
+            raise ConfigError("seed", self.seed, f"must be a whole number from 0 to {MAX_SEED} (2**63 - 2)")
+        if self.ioengine is not None and self.ioengine not in FIO_IOENGINES:  # it is written into fio's job file
+            raise ConfigError("engine.ioengine", self.ioengine, "choose one of " + ", ".join(FIO_IOENGINES))
         return self

@@ -8,6 +8,7 @@ computed the same way for both engines.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, WorkloadError
 from ..metrics import MIB, LatencyHistogram, Result
-from ..spec import Spec
+from ..spec import FIO_IOENGINES, Spec
 from .base import Engine, register
 
 RW = {"seq_write": "write", "seq_read": "read", "rand_read": "randread", "rand_write": "randwrite",
@@ -23,37 +24,69 @@ RW = {"seq_write": "write", "seq_read": "read", "rand_read": "randread", "rand_w
 LOG_PREFIX = "fiolog"
 
 
+# What a path written into fio's job file may hold: fio splits `directory`/`filename` at ':', expands
+# '$' (env vars, $jobnum), strips ';'/'#' comments and blanks at the ends, and reads '[' as a new job
+SAFE_PATH = re.compile(r"[A-Za-z0-9_./+@-]+( +[A-Za-z0-9_./+@-]+)*")
+
+
+def fio_path(key: str, path) -> str:
+    """`path` as it may go into a job file, or ConfigError naming the key it came from."""
+    text = str(path)
+    if not SAFE_PATH.fullmatch(text):
+        raise ConfigError(key, text, "engine=fio writes this path into its job file, which would misparse it: "
+                                     "use a path of letters, digits, spaces and _ . / + @ -")
+    return text
+
+
+def _render(options: list[tuple[str, object]]) -> list[str]:
+    """`key=value` lines; a value is an int (not bool) or a str already checked: anything else is a bug."""
+    lines = []
+    for key, value in options:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TypeError(f"fio option {key}: {value!r} is neither a number nor a checked word")
+        text = str(value)
+        if any(c in text for c in "\n\r[]"):  # defence in depth: never a new line or a new section
+            raise ValueError(f"fio option {key}={text!r} would inject into the job file")
+        lines.append(f"{key}={text}")
+    return lines
+
+
 def job_file(spec: Spec, placement, logs: Path) -> str:
+    """fio's job for this Spec. Every value is a number, a word from a fixed set, or a path iosweep
+    created (or the target=device path), checked by fio_path: nothing else reaches fio."""
     ms = lambda s: f"{int(round(s * 1000))}ms"  # noqa: E731
+    ioengine = spec.ioengine or "psync"
+    if ioengine not in FIO_IOENGINES:  # Spec.check says so first; this guards a Spec never checked
+        raise ConfigError("engine.ioengine", ioengine, "choose one of " + ", ".join(FIO_IOENGINES))
     if placement.shared_path is not None:  # target=device: one path, a region per job
-        where = [f"filename={placement.shared_path}", f"offset_increment={spec.file_size}"]
-    else:
-        where = [f"directory={placement.scratch}", "filename_format=job$jobnum.dat"]  # the files iosweep created
-    lines = ["[global]", f"ioengine={spec.ioengine or 'psync'}", f"rw={RW[spec.pattern]}",
-             f"bs={spec.block_size}", f"size={spec.file_size}", f"numjobs={spec.writers}", *where,
-             f"direct={int(spec.direct)}", "invalidate=0",  # iosweep evicts (cache=...) itself
-             "fallocate=none",  # iosweep's own engines do not preallocate either
-             "group_reporting=1", "percentile_list=50:90:99:99.9", f"randseed={spec.seed + 1}",
-             f"log_avg_msec={max(1, int(spec.log_interval_s * 1000))}",
-             f"write_bw_log={logs / LOG_PREFIX}", f"write_iops_log={logs / LOG_PREFIX}"]
+        where = [("filename", fio_path("target.path", placement.shared_path)), ("offset_increment", spec.file_size)]
+    else:  # the files iosweep created
+        where = [("directory", fio_path("target.dir", placement.scratch)), ("filename_format", "job$jobnum.dat")]
+    log = fio_path("TMPDIR", logs / LOG_PREFIX)
+    options = [("ioengine", ioengine), ("rw", RW[spec.pattern]),
+               ("bs", spec.block_size), ("size", spec.file_size), ("numjobs", spec.writers), *where,
+               ("direct", int(spec.direct)), ("invalidate", 0),  # iosweep evicts (cache=...) itself
+               ("fallocate", "none"),  # iosweep's own engines do not preallocate either
+               ("group_reporting", 1), ("percentile_list", "50:90:99:99.9"), ("randseed", spec.seed + 1),
+               ("log_avg_msec", max(1, int(spec.log_interval_s * 1000))),
+               ("write_bw_log", log), ("write_iops_log", log)]
     if spec.pattern == "mixed":
-        lines.append(f"rwmixread={spec.read_pct}")
+        options.append(("rwmixread", spec.read_pct))
     if spec.duration_s:
-        lines += ["time_based=1", f"runtime={ms(spec.duration_s)}"]
+        options += [("time_based", 1), ("runtime", ms(spec.duration_s))]
     if spec.ramp_s:
-        lines.append(f"ramp_time={ms(spec.ramp_s)}")
+        options.append(("ramp_time", ms(spec.ramp_s)))
     if spec.writes and spec.end_fsync:
-        lines.append("end_fsync=1")
+        options.append(("end_fsync", 1))
     if spec.data.kind == "zeros":
-        lines.append("zero_buffers=1")
+        options.append(("zero_buffers", 1))
     elif spec.data.compress_ratio > 1 or spec.data.dedup_ratio > 1:
-        lines += ["refill_buffers=1",
-                  f"buffer_compress_percentage={round(100 * (1 - 1 / spec.data.compress_ratio))}",
-                  f"dedupe_percentage={round(100 * (1 - 1 / spec.data.dedup_ratio))}"]
+        options += [("refill_buffers", 1),
+                    ("buffer_compress_percentage", round(100 * (1 - 1 / spec.data.compress_ratio))),
+                    ("dedupe_percentage", round(100 * (1 - 1 / spec.data.dedup_ratio)))]
     if not spec.latency:
-        lines += ["disable_lat=1", "disable_clat=1", "disable_slat=1"]
-    lines += ["", "[iosweep]", ""]
-    return "\n".join(lines)
+        options += [("disable_lat", 1), ("disable_clat", 1), ("disable_slat", 1)]
+    return "\n".join(["[global]", *_render(options), "", "[iosweep]", ""])
 
 
 def histogram(clat_ns: dict) -> LatencyHistogram:
@@ -95,6 +128,12 @@ class FioEngine(Engine):
     def check(self, spec: Spec) -> None:
         if shutil.which("fio") is None:
             raise ConfigError("engine", "fio", "fio is not installed: apt-get install -y fio, or choose engine=sync")
+        # the paths the job file will name, refused before any file is created
+        if spec.target == "device":
+            if spec.target_path:  # none at all: the target says so
+                fio_path("target.path", Path(spec.target_path).expanduser().absolute())
+        else:
+            fio_path("target.dir", Path(spec.target_dir).expanduser().absolute())
 
     def run_job(self, spec: Spec, target, placement, progress) -> Result:
         from ..job import device_counters, prepare_files

@@ -3,13 +3,20 @@
 Refused unless `target.allow_overwrite=true`, and then only after saying what will be
 overwritten. Writers share the path, each in its own region (fio's offset_increment). Nothing is
 ever created, truncated or removed here: the path is someone else's.
+
+A block device is claimed with an exclusive open (O_EXCL) for the whole run: the kernel refuses it
+(EBUSY) while the device is mounted or another program (LVM, md, another exclusive opener) holds
+it, and while iosweep holds the claim nothing can mount it. Workers and fio open it without O_EXCL,
+which the claim allows (a second O_EXCL open would itself get EBUSY).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import mmap
 import os
 import stat
+import weakref
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -17,6 +24,19 @@ from ..spec import Spec
 from .base import Placement, block_device, mount_of, register
 
 log = logging.getLogger("workloads")
+
+
+def claim(path: Path) -> int:
+    """An exclusive open of a block device: the kernel refuses it while the device is in use."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_EXCL)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            raise ConfigError("target.path", str(path), "is in use (mounted or claimed by another program): "
+                                                        "unmount it or stop that program, or choose another "
+                                                        "device") from None
+        raise ConfigError("target.path", str(path), f"cannot be opened ({e.strerror}): choose a device you "
+                                                    "may write") from None
 
 
 def capacity(path: Path) -> int:
@@ -34,6 +54,7 @@ class DeviceTarget:
     def __init__(self, spec: Spec, does_io: bool = True):
         self.spec = spec
         self.does_io = does_io
+        self._release = None  # closes the exclusive claim on a block device
 
     def prepare(self) -> Placement:
         spec = self.spec
@@ -48,6 +69,17 @@ class DeviceTarget:
         kind = "block device" if stat.S_ISBLK(mode) else "file" if stat.S_ISREG(mode) else None
         if kind is None:
             raise ConfigError("target.path", str(path), "is neither a regular file nor a block device")
+        if kind == "block device" and self.does_io:
+            # held until cleanup(), or until this target is dropped (cleanup is skipped with keep_files)
+            self._release = weakref.finalize(self, os.close, claim(path))
+        try:
+            return self._placement(path, kind)
+        except BaseException:
+            self._release_claim()
+            raise
+
+    def _placement(self, path: Path, kind: str) -> Placement:
+        spec = self.spec
         size = capacity(path)
         need = spec.file_size * spec.writers
         if need > size:
@@ -88,4 +120,10 @@ class DeviceTarget:
         """Nothing to create: every worker uses the existing path at its own offset."""
 
     def cleanup(self, placement: Placement) -> None:
-        """Nothing to remove: the path was never iosweep's."""
+        """Nothing to remove: the path was never iosweep's. Release the claim on a block device."""
+        self._release_claim()
+
+    def _release_claim(self) -> None:
+        if self._release is not None:
+            self._release()  # closes once, however often it is called
+            self._release = None
