@@ -325,7 +325,10 @@ def check_room() -> None:
     uri = tracking_uri()
     if uri.startswith("sqlite:///"):
         db = Path(uri[len("sqlite:///"):])
-        free = shutil.disk_usage(db.parent).free
+        where = db.parent
+        while not where.exists() and where != where.parent:  # a new store: its dir is made by client()
+            where = where.parent
+        free = shutil.disk_usage(where).free
         if free < STORE_ROOM:
             raise StoreUnavailable(f"no space left for it on {db.parent}: {free >> 10} KiB free, "
                                    f"{STORE_ROOM >> 10} KiB needed to log a run")
@@ -426,6 +429,7 @@ def publish(run_dir: Path, record: dict | None = None) -> tuple[str, bool]:
     run_dir = Path(run_dir)
     with run_dir_lock(run_dir):
         record = read_record(run_dir) if record is None else check_record(record)
+        check_room()  # before the first write to the store (closing dead runs, the experiment's tags)
         c = client()
         close_dead_runs(c)
         existing, incomplete = find_published(c, record["result_id"])
@@ -433,7 +437,6 @@ def publish(run_dir: Path, record: dict | None = None) -> tuple[str, bool]:
             return existing, False
         for run_id in incomplete:
             c.delete_run(run_id)
-        check_room()
         parent = record.get("parent_run_id")
         if parent:
             try:

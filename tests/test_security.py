@@ -199,10 +199,10 @@ def test_the_same_run_dir_twice_is_refused_and_the_first_result_kept(tmp_path):
 def test_run_files_are_created_never_replaced(tmp_path):
     from runner import app
 
-    app._create(tmp_path / "result.json", "first")
+    app._write_new(tmp_path / "result.json", lambda p: p.write_text("first"))
     with pytest.raises(FileExistsError):  # a second write of the same file is a bug, never a silent replace
-        app._create(tmp_path / "result.json", "second")
-    assert (tmp_path / "result.json").read_text() == "first"
+        app._write_new(tmp_path / "result.json", lambda p: p.write_text("second"))
+    assert (tmp_path / "result.json").read_text() == "first"  # and the file already there is kept
 
 
 def test_preflight_resolves_the_dirs_as_hydra_will(tmp_path, monkeypatch):
