@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -25,15 +26,18 @@ from .schema import GROUPS
 _UID = f"{os.getpid()}"
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
+
+
 def stop_on_signals() -> None:
-    """SIGINT and SIGTERM raise Interrupted once; later ones are ignored so that cleanup and the
-    record of the KILLED run complete."""
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted once; later ones are ignored so that cleanup
+    and the record of the KILLED run complete (every wait in that cleanup is bounded)."""
     def handler(signum, frame):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         raise Interrupted(signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
 
 
@@ -132,7 +136,10 @@ def run_point(cfg: DictConfig) -> dict:
             record.update(status="KILLED", error=reason)
         else:
             record = _unmeasured(base, "KILLED", reason, why=reason + " before the measured window")
-        run_id = _write_and_publish(run_dir, record)
+        if multirun:  # the sweep's parent closes in this process: MLflow is loaded already
+            run_id = _write_and_publish(run_dir, record)
+        else:  # exit now: importing MLflow to publish takes seconds
+            run_id = _write_and_publish_later(run_dir, record)
         # Hydra calls no on_job_end for a job that raised: hand the point to the sweep summary
         tracking.KILLED_POINTS.append({"status": "KILLED", "run_id": run_id, "metrics": record["metrics"],
                                        "error": reason, "valid": False, "overrides": base["overrides"]})
@@ -178,6 +185,18 @@ def _write_and_publish(run_dir: Path, record: dict) -> str | None:
         return None
     print(f"  mlflow run {run_id}  ({tracking.tracking_uri()})", flush=True)
     return run_id
+
+
+def _write_and_publish_later(run_dir: Path, record: dict) -> None:
+    """result.json, then a detached `python -m runner.sync RUN_DIR` publishes it (output in
+    sync.log): a stopped run exits at once. Its own session: the terminal's signals spare it."""
+    (run_dir / "result.json").write_text(json.dumps(record, indent=1))
+    with open(run_dir / "sync.log", "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "runner.sync", str(run_dir.absolute())], stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    print(f"  publishing to {tracking.tracking_uri()} in the background (log: {run_dir / 'sync.log'}); "
+          f"if it fails: python -m runner.sync {run_dir}", flush=True)
+    return None
 
 
 def _measured(cfg: DictConfig, hc, result: Result, run_dir: Path, start_ms: int) -> dict:

@@ -1,0 +1,179 @@
+"""Issue 9: a stopped worker, kill -9 and SIGHUP never hang a run nor leave anything behind."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import mlflow_runs, run_cli
+from test_faults import start_cli, wait_for_measuring, workers_of
+from workloads import Spec, WorkloadError, job
+from workloads.targets import local
+
+MIB = 1 << 20
+
+
+def alive(pid: int) -> bool:
+    """Running or stopped, not a zombie and not gone."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def new_semaphores(before: set[str]) -> set[str]:
+    return {n for n in os.listdir("/dev/shm") if n.startswith("sem.mp-")} - before
+
+
+def wait_for_run(cwd: Path, timeout: float = 60):
+    """The run a detached publisher logs shortly after the runner exited."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        runs = mlflow_runs(cwd)[1] if (cwd / "outputs" / "mlflow.db").exists() else []
+        if runs:
+            return runs
+        time.sleep(0.5)
+    raise AssertionError(f"no run in MLflow after {timeout} s")
+
+
+@pytest.mark.parametrize("grace, stall, says", [(1.0, 600.0, "still running 1 s after the run's end"),
+                                                (600.0, 1.0, "made no progress for 1 s")])
+def test_a_stopped_worker_ends_the_run_by_itself(tmp_path, monkeypatch, grace, stall, says):
+    """No signal to the runner: the deadline + grace (or the stall rule) ends it, in one line."""
+    monkeypatch.setattr(job, "RUN_GRACE_S", grace)
+    monkeypatch.setattr(job, "STALL_S", stall)
+    stopped = []
+
+    def stop_one(*_):  # the first progress call: the window is open
+        if not stopped:
+            worker = next(c for c in psutil.Process().children() if "resource_tracker" not in " ".join(c.cmdline()))
+            worker.suspend()
+            stopped.append(worker)
+
+    spec = Spec(pattern="rand_read", block_size=4096, writers=2, size_bytes=8 * MIB, duration_s=2.0,
+                target_dir=str(tmp_path / "t"))
+    t0 = time.monotonic()
+    with pytest.raises(WorkloadError) as e:
+        job.run(spec, progress=stop_one)
+    took = time.monotonic() - t0
+    message = str(e.value)
+    assert stopped and f"pid {stopped[0].pid}, stopped" in message and says in message, message
+    assert "\n" not in message
+    assert took < 2.0 + 1.0 + 15, took  # window + grace or stall + start-up and reaping on a loaded machine
+    assert not [c for c in psutil.Process().children() if alive(c.pid) and "resource_tracker" not in
+                " ".join(c.cmdline())]
+    assert list((tmp_path / "t").iterdir()) == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_run_whose_worker_is_stopped(tmp_path):
+    shm = new_semaphores(set())
+    p = start_cli(tmp_path, "pattern=rand_read", "block_kb=4", "writers=2", "size_mb=16", "duration_s=60")
+    wait_for_measuring(p)
+    workers = workers_of(p.pid)
+    os.kill(workers[0], signal.SIGSTOP)
+    time.sleep(0.5)
+    sent = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    took = time.monotonic() - sent
+    print(f"exit {took:.2f} s after SIGINT with a stopped worker")
+    assert took < 10, took
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert not [w for w in workers if alive(w)]
+    assert list((tmp_path / "outputs" / "scratch").iterdir()) == []
+    (run,) = wait_for_run(tmp_path)
+    assert run.info.status == "KILLED" and run.data.metrics["bytes_total"] > 0
+    assert "worker 0 returned nothing" in run.data.tags["iosweep.warnings"]
+    assert not new_semaphores(shm)
+
+
+@pytest.mark.slow
+def test_kill_9_leaves_no_worker_and_the_next_run_removes_its_scratch_dir(tmp_path):
+    shm = new_semaphores(set())
+    p = start_cli(tmp_path, "pattern=rand_read", "block_kb=4", "writers=2", "size_mb=16", "duration_s=60")
+    wait_for_measuring(p)
+    workers = workers_of(p.pid)
+    tracker = [c.pid for c in psutil.Process(p.pid).children() if c.pid not in workers]
+    p.kill()
+    p.communicate()
+    deadline = time.monotonic() + 3
+    while [w for w in workers + tracker if alive(w)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [w for w in workers + tracker if alive(w)], "a worker outlived its parent"
+    (stale,) = (tmp_path / "outputs" / "scratch").iterdir()
+    assert stale.name.startswith("iosweep-") and list(stale.glob("job*.dat"))
+    assert not new_semaphores(shm)
+    done = run_cli(tmp_path, "pattern=rand_read", "size_mb=4", "block_kb=64")
+    assert done.returncode == 0, done.stderr
+    assert list((tmp_path / "outputs" / "scratch").iterdir()) == []
+
+
+def test_a_worker_dies_with_its_parent_even_while_waiting(tmp_path):
+    """PR_SET_PDEATHSIG: a worker blocked in the start barrier (no ppid check there) dies too."""
+    code = textwrap.dedent("""
+        import os, subprocess, sys, time
+        grandchild = subprocess.Popen([sys.executable, "-c",
+            "import os, sys, time; from workloads.job import _die_with_parent; "
+            "_die_with_parent(int(sys.argv[1])); print('armed', flush=True); time.sleep(600)", str(os.getpid())],
+            stdout=subprocess.PIPE, text=True)
+        assert grandchild.stdout.readline().strip() == "armed"
+        print(grandchild.pid, flush=True)
+        time.sleep(600)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    assert alive(worker)
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 3
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not alive(worker)
+
+
+def test_a_worker_whose_parent_is_already_gone_exits_at_once():
+    p = subprocess.run([sys.executable, "-c", "from workloads.job import _die_with_parent; _die_with_parent(1); "
+                        "print('still here')"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and "still here" not in p.stdout
+
+
+def test_only_stale_scratch_dirs_of_dead_owners_are_removed(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+
+    def scratch(name, owner, files=("job0.dat", "job1.dat")):
+        d = tmp_path / name
+        d.mkdir()
+        for f in files:
+            (d / f).write_bytes(b"x")
+        if owner is not None:
+            (d / local.OWNER_FILE).write_text(json.dumps(owner))
+        return d
+
+    gone = scratch("iosweep-gone", local.owner(dead.pid) | {"start": 1})
+    mine = scratch("iosweep-mine", local.owner(os.getpid()))
+    reused = scratch("iosweep-reused", local.owner(os.getpid()) | {"start": 1})  # same pid, another process
+    unmarked = scratch("iosweep-unmarked", None)
+    other_host = scratch("iosweep-elsewhere", local.owner(dead.pid) | {"host": "not-this-host"})
+    foreign = scratch("iosweep-foreign", local.owner(dead.pid), files=("job0.dat", "their.db"))
+    assert sorted(local.remove_stale_scratch(tmp_path)) == [gone, reused]
+    assert not gone.exists() and not reused.exists()
+    assert mine.exists() and unmarked.exists() and other_host.exists()
+    assert sorted(p.name for p in foreign.iterdir()) == ["their.db"]  # ours removed, theirs kept
+
+
+def test_scratch_dir_is_marked_with_its_owner_and_the_marker_removed(tmp_path):
+    spec = Spec(pattern="seq_write", block_size=64 << 10, writers=1, size_bytes=MIB, target_dir=str(tmp_path))
+    target = local.LocalTarget(spec)
+    placement = target.prepare()
+    assert json.loads((placement.scratch / local.OWNER_FILE).read_text()) == local.owner(os.getpid())
+    target.cleanup(placement)
+    assert list(tmp_path.iterdir()) == []
