@@ -131,7 +131,8 @@ def run_point(cfg: DictConfig) -> dict:
         reason = f"interrupted by {signal.Signals(stopped.signum).name}"
         if stopped.partial is not None:
             print(console.result_table(stopped.partial), flush=True)
-            record = dict(base, **_measured(cfg, hc, stopped.partial, run_dir, start_ms))
+            # no PNG: importing matplotlib would hold the exit up by seconds (the JSON histogram stays)
+            record = dict(base, **_measured(cfg, hc, stopped.partial, run_dir, start_ms, plot=multirun))
             record["tags"]["iosweep.error"] = reason
             record.update(status="KILLED", error=reason)
         else:
@@ -199,11 +200,11 @@ def _write_and_publish_later(run_dir: Path, record: dict) -> None:
     return None
 
 
-def _measured(cfg: DictConfig, hc, result: Result, run_dir: Path, start_ms: int) -> dict:
+def _measured(cfg: DictConfig, hc, result: Result, run_dir: Path, start_ms: int, plot: bool = True) -> dict:
     """Everything a measured point leaves: the record for result.json and the files beside it."""
     (run_dir / "config.yaml").write_text(tracking.resolved_yaml(cfg))
     artifacts = [["config.yaml", None], ["result.json", None], [".hydra", ".hydra"]]
-    artifacts += _latency_artifacts(result, run_dir)
+    artifacts += _latency_artifacts(result, run_dir, plot)
     for name, text in result.attachments.items():  # e.g. fio's job file and JSON output
         (run_dir / name).write_text(text)
         artifacts.append([name, "engine"])
@@ -240,13 +241,15 @@ def _step_metrics(result: Result, start_ms: int) -> list[list]:
     return out
 
 
-def _latency_artifacts(result: Result, run_dir: Path) -> list[list]:
+def _latency_artifacts(result: Result, run_dir: Path, plot: bool = True) -> list[list]:
     """The merged latency histograms as JSON, and a PNG of them."""
-    from . import plots
-
     if not result.latency.total:
         return []
     (run_dir / "latency_histogram.json").write_text(
         json.dumps({"read": result.lat_read.to_dict(), "write": result.lat_write.to_dict()}))
+    if not plot:
+        return [["latency_histogram.json", "latency"]]
+    from . import plots  # matplotlib: ~1-2 s to import
+
     plots.latency_png(result.lat_read, result.lat_write, run_dir / "latency.png")
     return [["latency_histogram.json", "latency"], ["latency.png", "latency"]]

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from conftest import mlflow_runs, run_cli
-from test_faults import start_cli, wait_for_measuring, workers_of
+from test_faults import start_cli, wait_for_measuring, wait_for_runs, workers_of
 from workloads import Spec, WorkloadError, job
 from workloads.targets import local
 
@@ -30,17 +30,6 @@ def alive(pid: int) -> bool:
 
 def new_semaphores(before: set[str]) -> set[str]:
     return {n for n in os.listdir("/dev/shm") if n.startswith("sem.mp-")} - before
-
-
-def wait_for_run(cwd: Path, timeout: float = 60):
-    """The run a detached publisher logs shortly after the runner exited."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = mlflow_runs(cwd)[1] if (cwd / "outputs" / "mlflow.db").exists() else []
-        if runs:
-            return runs
-        time.sleep(0.5)
-    raise AssertionError(f"no run in MLflow after {timeout} s")
 
 
 @pytest.mark.parametrize("grace, stall, says", [(1.0, 600.0, "still running 1 s after the run's end"),
@@ -89,7 +78,7 @@ def test_ctrl_c_ends_a_run_whose_worker_is_stopped(tmp_path):
     assert p.returncode == 130 and "Traceback" not in err, err
     assert not [w for w in workers if alive(w)]
     assert list((tmp_path / "outputs" / "scratch").iterdir()) == []
-    (run,) = wait_for_run(tmp_path)
+    (run,) = wait_for_runs(tmp_path)
     assert run.info.status == "KILLED" and run.data.metrics["bytes_total"] > 0
     assert "worker 0 returned nothing" in run.data.tags["iosweep.warnings"]
     assert not new_semaphores(shm)

@@ -564,6 +564,9 @@ def _reap(procs, conns, got: dict) -> None:
         return
     deadline = time.monotonic() + REAP_GRACE_S
     while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        for p in procs:
+            if _stopped(p):  # SIGSTOP or a debugger: it will not return, and only SIGKILL ends it
+                p.kill()
         waiting = [c for w, c in enumerate(conns) if w not in got and not c.closed]
         if not waiting:
             time.sleep(0.05)
@@ -581,6 +584,13 @@ def _reap(procs, conns, got: dict) -> None:
         if w not in got and not conn.closed and procs[w].exitcode is not None and conn.poll(0):
             _receive(w, conns, procs, got)
         conn.close()
+
+
+def _stopped(p) -> bool:
+    try:
+        return p.is_alive() and psutil.Process(p.pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
 
 
 def _describe(err: dict, placement) -> str:
