@@ -149,7 +149,12 @@ def run_point(cfg: DictConfig) -> dict:
         progress.done()
         if not multirun and isinstance(e, ConfigError):
             console.fail(str(e))  # bad input, single run: one line, no MLflow run
-        run_id = _write_and_publish(run_dir, _unmeasured(base, "FAILED", str(e)))
+        record = _unmeasured(base, "FAILED", str(e))
+        if getattr(e, "partial", None) is not None:  # a worker got stuck: keep what the others measured
+            record = dict(base, **_measured(cfg, hc, e.partial, run_dir, start_ms))
+            record["tags"]["iosweep.error"] = str(e)
+            record.update(status="FAILED", error=str(e))
+        run_id = _write_and_publish(run_dir, record)
         if not multirun:
             console.fail(str(e))
         print(f"iosweep: point failed: {e}", flush=True)

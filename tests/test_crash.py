@@ -55,6 +55,8 @@ def test_a_stopped_worker_ends_the_run_by_itself(tmp_path, monkeypatch, grace, s
     message = str(e.value)
     assert stopped and f"pid {stopped[0].pid}, stopped" in message and says in message, message
     assert "\n" not in message
+    kept = e.value.partial  # what the other worker measured, marked invalid
+    assert kept.ops_read > 0 and not kept.valid and "worker" in " ".join(kept.warnings)
     assert took < 2.0 + 1.0 + 15, took  # window + grace or stall + start-up and reaping on a loaded machine
     assert not [c for c in psutil.Process().children() if alive(c.pid) and "resource_tracker" not in
                 " ".join(c.cmdline())]

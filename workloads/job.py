@@ -66,6 +66,10 @@ def run(spec: Spec, progress=None) -> Result:
         done = results + ([stopped.partial] if stopped.partial else [])
         stopped.partial = _verdict(spec, done[0] if len(done) == 1 else combine(done)) if done else None
         raise
+    except WorkloadError as failed:  # a stuck worker: what the others measured, marked invalid
+        if getattr(failed, "partial", None) is not None:
+            failed.partial = _verdict(spec, failed.partial)
+        raise
     result = results[0] if len(results) == 1 else combine(results)
     result.data_measured = measure_ratios(spec)
     return _verdict(spec, result)
@@ -91,8 +95,8 @@ def _run_once(spec: Spec, engine, progress) -> Result:
             result = engine.run_job(spec, target, placement, progress)
         else:
             result = _run_workers(spec, placement, progress)
-    except Interrupted as stopped:
-        result = stopped.partial
+    except (Interrupted, WorkloadError) as stopped:
+        result = getattr(stopped, "partial", None)
         raise
     finally:
         if result is not None:  # also what an interrupted run measured: say where it ran
@@ -438,8 +442,7 @@ def _run_workers(spec: Spec, placement, progress) -> Result:
             shared.release()
             _collect(got, procs, conns, shared, until=lambda: len(got) == n, sampler=sampler, watch=watch)
             dev1 = device_counters(placement.device)
-    except (KeyboardInterrupt, Interrupted) as e:
-        signum = e.signum if isinstance(e, Interrupted) else signal.SIGINT
+    except (KeyboardInterrupt, Interrupted, Stuck) as e:
         started = shared.released
         _stop(shared, procs, conns, got)  # workers return after their current op
         measured = [o for o in got.values() if "hist_r" in o]
@@ -449,7 +452,11 @@ def _run_workers(spec: Spec, placement, progress) -> Result:
             partial.info["stopped"] = True
             partial.warnings[:0] = warnings + _missing(n, measured)
             partial.set_device_traffic(_window_start(spec, dev0, sampler), device_counters(placement.device))
-        raise Interrupted(signum, partial) from None
+        if isinstance(e, Stuck):
+            failed = WorkloadError(str(e))
+            failed.partial = partial  # the run fails, what the other workers measured is kept
+            raise failed from None
+        raise Interrupted(e.signum if isinstance(e, Interrupted) else signal.SIGINT, partial) from None
     finally:
         _stop(shared, procs, conns, got)
     errors = [o for o in got.values() if o.get("error")]
@@ -472,6 +479,10 @@ def _missing(n: int, measured: list[dict]) -> list[str]:
 def _window_start(spec: Spec, dev_at_go, sampler: _Sampler):
     """Device counters where the metrics' window starts: at the start, or when ramp_s ended."""
     return sampler.dev_after_ramp if spec.ramp_s else dev_at_go
+
+
+class Stuck(WorkloadError):
+    """A worker stopped making progress; the message names it."""
 
 
 class _Watch:
@@ -517,8 +528,8 @@ class _Watch:
             state = psutil.Process(pid).status()
         except psutil.Error:
             state = "gone"
-        raise WorkloadError(f"worker {w} (pid {pid}, {state}) {why}: killed it; "
-                            f"its {self.shared.ops_done[w]} ops are not reported")
+        raise Stuck(f"worker {w} (pid {pid}, {state}) {why}: killed it; "
+                            f"its {self.shared.ops_done[w]} ops are not in the figures")
 
 
 def _receive(w: int, conns, procs, got: dict) -> dict | None:
