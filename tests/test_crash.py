@@ -168,3 +168,25 @@ def test_scratch_dir_is_marked_with_its_owner_and_the_marker_removed(tmp_path):
     assert json.loads((placement.scratch / local.OWNER_FILE).read_text()) == local.owner(os.getpid())
     target.cleanup(placement)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_worker_stopped_before_it_got_ready_ends_the_run(tmp_path, monkeypatch):
+    """The start barrier is bounded too: worker 1 is stopped as soon as it is spawned."""
+    import multiprocessing.context
+
+    monkeypatch.setattr(job, "START_STALL_S", 1.0)
+    start = multiprocessing.context.SpawnProcess.start
+
+    def start_then_stop(self):
+        start(self)
+        if self.name.endswith("-1"):
+            os.kill(self.pid, signal.SIGSTOP)
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start_then_stop)
+    spec = Spec(pattern="rand_read", block_size=4096, writers=2, size_bytes=4 * MIB, duration_s=2.0,
+                target_dir=str(tmp_path / "t"))
+    with pytest.raises(WorkloadError, match=r"worker 1 \(pid \d+, stopped\) did not get ready within 1 s"):
+        job.run(spec)
+    assert not [c for c in psutil.Process().children() if alive(c.pid) and "resource_tracker" not in
+                " ".join(c.cmdline())]
+    assert list((tmp_path / "t").iterdir()) == []
