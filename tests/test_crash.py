@@ -190,3 +190,21 @@ def test_a_worker_stopped_before_it_got_ready_ends_the_run(tmp_path, monkeypatch
     assert not [c for c in psutil.Process().children() if alive(c.pid) and "resource_tracker" not in
                 " ".join(c.cmdline())]
     assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_a_worker_killed_mid_run_is_noticed_at_once(tmp_path):
+    """Each worker holds the only write end of its result pipe: its death reads as EOF at once."""
+    killed = []
+
+    def kill_one(*_):
+        if not killed:
+            worker = next(c for c in psutil.Process().children() if "resource_tracker" not in " ".join(c.cmdline()))
+            worker.kill()
+            killed.append(time.monotonic())
+
+    spec = Spec(pattern="rand_read", block_size=4096, writers=2, size_bytes=4 * MIB, duration_s=30.0,
+                target_dir=str(tmp_path / "t"))
+    with pytest.raises(WorkloadError, match=r"worker \d died without a result \(exit code -9\)"):
+        job.run(spec, progress=kill_one)
+    assert time.monotonic() - killed[0] < 5
+    assert list((tmp_path / "t").iterdir()) == []
