@@ -28,8 +28,21 @@ def alive(pid: int) -> bool:
         return False
 
 
-def new_semaphores(before: set[str]) -> set[str]:
-    return {n for n in os.listdir("/dev/shm") if n.startswith("sem.mp-")} - before
+def semaphores_of(pids: list[int]) -> set[str]:
+    """The multiprocessing named semaphores these processes have mapped (other processes on the
+    machine create and remove their own at the same time: compare only ours)."""
+    names = set()
+    for pid in pids:
+        try:
+            maps = Path(f"/proc/{pid}/maps").read_text()
+        except OSError:
+            continue
+        names |= {line.rsplit("/", 1)[1] for line in maps.splitlines() if "/dev/shm/sem.mp-" in line}
+    return names
+
+
+def left(names: set[str]) -> set[str]:
+    return {n for n in names if Path("/dev/shm", n).exists()}
 
 
 @pytest.mark.parametrize("grace, stall, says", [(1.0, 600.0, "still running 1 s after the run's end"),
@@ -65,10 +78,10 @@ def test_a_stopped_worker_ends_the_run_by_itself(tmp_path, monkeypatch, grace, s
 
 @pytest.mark.slow
 def test_ctrl_c_ends_a_run_whose_worker_is_stopped(tmp_path):
-    shm = new_semaphores(set())
     p = start_cli(tmp_path, "pattern=rand_read", "block_kb=4", "writers=2", "size_mb=16", "duration_s=60")
     wait_for_measuring(p)
     workers = workers_of(p.pid)
+    ours = semaphores_of([p.pid, *workers])
     os.kill(workers[0], signal.SIGSTOP)
     time.sleep(0.5)
     sent = time.monotonic()
@@ -83,15 +96,16 @@ def test_ctrl_c_ends_a_run_whose_worker_is_stopped(tmp_path):
     (run,) = wait_for_runs(tmp_path)
     assert run.info.status == "KILLED" and run.data.metrics["bytes_total"] > 0
     assert "worker 0 returned nothing" in run.data.tags["iosweep.warnings"]
-    assert not new_semaphores(shm)
+    assert not left(ours)
 
 
 @pytest.mark.slow
 def test_kill_9_leaves_no_worker_and_the_next_run_removes_its_scratch_dir(tmp_path):
-    shm = new_semaphores(set())
     p = start_cli(tmp_path, "pattern=rand_read", "block_kb=4", "writers=2", "size_mb=16", "duration_s=60")
     wait_for_measuring(p)
     workers = workers_of(p.pid)
+    ours = semaphores_of([p.pid, *workers])
+    assert not ours  # pipes and shared memory only: nothing named that a kill -9 could leave
     tracker = [c.pid for c in psutil.Process(p.pid).children() if c.pid not in workers]
     p.kill()
     p.communicate()
@@ -101,7 +115,7 @@ def test_kill_9_leaves_no_worker_and_the_next_run_removes_its_scratch_dir(tmp_pa
     assert not [w for w in workers + tracker if alive(w)], "a worker outlived its parent"
     (stale,) = (tmp_path / "outputs" / "scratch").iterdir()
     assert stale.name.startswith("iosweep-") and list(stale.glob("job*.dat"))
-    assert not new_semaphores(shm)
+    assert not left(ours)
     done = run_cli(tmp_path, "pattern=rand_read", "size_mb=4", "block_kb=64")
     assert done.returncode == 0, done.stderr
     assert list((tmp_path / "outputs" / "scratch").iterdir()) == []
