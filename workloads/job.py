@@ -519,8 +519,10 @@ class _Watch:
         for w in pending:
             if self.deadline is not None and now > self.deadline:
                 self._stuck(w, f"was still running {RUN_GRACE_S:.0f} s after the run's end")
-            if got and now - self.moved[w] > STALL_S:
+            if now - self.moved[w] > STALL_S and got:
                 self._stuck(w, f"made no progress for {STALL_S:.0f} s while {len(got)} other(s) finished")
+            if now - self.moved[w] > STALL_S and _stopped(self.procs[w]):  # e.g. the only worker of a sized run
+                self._stuck(w, f"was stopped for {STALL_S:.0f} s")
 
     def _stuck(self, w: int, why: str):
         pid = self.procs[w].pid
