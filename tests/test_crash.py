@@ -5,14 +5,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from conftest import mlflow_runs, run_cli
+from conftest import run_cli
 from test_faults import start_cli, wait_for_measuring, wait_for_runs, workers_of
 from workloads import Spec, WorkloadError, job
 from workloads.targets import local

@@ -2,8 +2,9 @@
 
 Workers are processes started with spawn (threads collapse on cached small I/O under the GIL;
 fork after dgen-py has run can hang). Each prepares its file (layout, cache eviction), buffers
-and op plan, says so, and waits for one start event, so start-up is never timed. Between "all
-prepared" and the start the parent drops caches if asked and reads the device counters. The
+and op plan, says so, and waits for the start (the parent closes a pipe they all watch), so
+start-up is never timed. Every wait on a worker is bounded (see START_STALL_S...): a stopped or
+stuck worker is named and killed, never waited for forever. Between "all prepared" and the start the parent drops caches if asked and reads the device counters. The
 window runs from the start (plus ramp_s) to the end of the last worker. The hot loop does one engine call, two clock reads and one array
 store per op (in C, see _hotloop.c); counters for progress are published once per group of ops.
 
