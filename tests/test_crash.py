@@ -228,3 +228,33 @@ def test_a_worker_killed_mid_run_is_noticed_at_once(tmp_path):
         job.run(spec, progress=kill_one)
     assert time.monotonic() - killed[0] < 5
     assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_a_worker_that_cannot_be_killed_is_not_waited_for(tmp_path, monkeypatch):
+    """As a worker in uninterruptible I/O: SIGKILL does not end it at once. The run ends anyway,
+    and nothing joins it at exit (multiprocessing would, without a timeout)."""
+    import multiprocessing
+    import multiprocessing.context
+
+    monkeypatch.setattr(job, "STALL_S", 1.0)
+    monkeypatch.setattr(job, "KILL_WAIT_S", 0.5)
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "kill", lambda self: None)  # the kernel's delay
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "terminate", lambda self: None)
+    stopped = []
+
+    def stop_one(*_):
+        if not stopped:
+            worker = next(c for c in psutil.Process().children() if "resource_tracker" not in " ".join(c.cmdline()))
+            worker.suspend()
+            stopped.append(worker)
+
+    spec = Spec(pattern="rand_read", block_size=4096, writers=2, size_bytes=4 * MIB, duration_s=2.0,
+                target_dir=str(tmp_path / "t"))
+    try:
+        with pytest.raises(WorkloadError, match="made no progress"):
+            job.run(spec, progress=stop_one)
+        assert alive(stopped[0].pid) and stopped[0].pid not in [p.pid for p in multiprocessing.active_children()]
+        assert list((tmp_path / "t").iterdir()) == []
+    finally:
+        stopped[0].kill()
+        stopped[0].wait(10)

@@ -594,6 +594,9 @@ def _reap(procs, conns, got: dict) -> None:
         until = time.monotonic() + sig_wait
         for p in alive:
             p.join(max(0.0, until - time.monotonic()))
+    for p in procs:
+        if p.is_alive():  # in uninterruptible I/O: it dies when that ends; multiprocessing would
+            mp.process._children.discard(p)  # join it at exit without a timeout: forget it instead
     for w, conn in enumerate(conns):  # results flushed just before their worker exited
         if w not in got and not conn.closed and procs[w].exitcode is not None and conn.poll(0):
             _receive(w, conns, procs, got)
