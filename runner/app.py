@@ -10,6 +10,7 @@ import math
 import os
 import re
 import signal
+import subprocess
 import sys
 import time
 import uuid
@@ -28,15 +29,18 @@ from .schema import GROUPS
 _UID = f"{os.getpid()}"
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed
+
+
 def stop_on_signals() -> None:
-    """SIGINT and SIGTERM raise Interrupted once; later ones are ignored so that cleanup and the
-    record of the KILLED run complete."""
+    """SIGINT, SIGTERM and SIGHUP raise Interrupted once; later ones are ignored so that cleanup
+    and the record of the KILLED run complete (every wait in that cleanup is bounded)."""
     def handler(signum, frame):
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         raise Interrupted(signum)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
 
 
@@ -191,19 +195,29 @@ def run_point(cfg: DictConfig) -> float:
         files = []
         if stopped.partial is not None:
             print(console.result_table(stopped.partial), flush=True)
-            measured, files = _measured(cfg, hc, stopped.partial, start_ms)
+            # no PNG: importing matplotlib would hold the exit up by seconds (the JSON histogram stays)
+            measured, files = _measured(cfg, hc, stopped.partial, start_ms, plot=multirun)
             record = dict(base, **measured)
             record["tags"]["iosweep.error"] = reason
             record.update(status="KILLED", error=reason)
         else:
             record = _unmeasured(base, "KILLED", reason, why=reason + " before the measured window")
-        _write_and_publish(run_dir, record, files)
+        if multirun:  # the sweep's parent closes in this process: MLflow is loaded already
+            _write_and_publish(run_dir, record, files)
+        else:  # exit now: importing MLflow to publish takes seconds
+            _write_and_publish_later(run_dir, record, files)
         raise
     except (ConfigError, WorkloadError) as e:
         progress.done()
         if not multirun and isinstance(e, ConfigError):
             console.fail(str(e))  # bad input, single run: one line, no MLflow run
-        _write_and_publish(run_dir, _unmeasured(base, "FAILED", str(e)))
+        record, files = _unmeasured(base, "FAILED", str(e)), []
+        if getattr(e, "partial", None) is not None:  # a worker got stuck: keep what the others measured
+            measured, files = _measured(cfg, hc, e.partial, start_ms)
+            record = dict(base, **measured)
+            record["tags"]["iosweep.error"] = str(e)
+            record.update(status="FAILED", error=str(e))
+        _write_and_publish(run_dir, record, files)
         if not multirun:
             console.fail(str(e))
         print(f"iosweep: point failed: {e}", flush=True)
@@ -284,21 +298,42 @@ def _write_and_publish(run_dir: Path, record: dict, files: list = ()) -> str | N
     return run_id
 
 
-def _measured(cfg: DictConfig, hc, result: Result, start_ms: int) -> tuple[dict, list]:
+def _write_and_publish_later(run_dir: Path, record: dict, files: list = ()) -> None:
+    """result.json and the files it can, then a detached `python -m runner.sync RUN_DIR` publishes
+    them (output in sync.log): a stopped run exits at once. Its own session: the terminal's signals
+    spare it. A file the disk refuses is left out; sync tags the run with what is missing."""
+    _write_new(run_dir / "result.json", lambda p: p.write_text(json.dumps(record, indent=1)))
+    for name, write in files:
+        try:
+            _write_new(run_dir / name, write)
+        except OSError:
+            pass
+    with open(run_dir / "sync.log", "ab") as log:
+        subprocess.Popen([sys.executable, "-m", "runner.sync", str(run_dir.absolute())], stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    print(f"  publishing to {tracking.tracking_uri()} in the background (log: {run_dir / 'sync.log'}); "
+          f"if it fails: python -m runner.sync {run_dir}", flush=True)
+    return None
+
+
+def _measured(cfg: DictConfig, hc, result: Result, start_ms: int, plot: bool = True) -> tuple[dict, list]:
     """What a measured point leaves: its record for result.json (small: the summary metrics,
     tags, params, status) and the files written after it, as (name, write(path)) pairs: the
-    config, the time series, the latency histograms and plot, the engine's attachments."""
+    config, the time series, the latency histograms and plot (unless not plot: importing
+    matplotlib takes 1-2 s), the engine's attachments."""
     series = {"timeseries": result.timeseries, "step_metrics": _step_metrics(result, start_ms)}
     files = [("config.yaml", lambda p: p.write_text(tracking.resolved_yaml(cfg))),
              ("timeseries.json", lambda p: p.write_text(json.dumps(series)))]
     artifacts = [["result.json", None], ["config.yaml", None], [".hydra", ".hydra"], ["timeseries.json", "data"]]
     if result.latency.total:
-        from . import plots
-
         histograms = {"read": result.lat_read.to_dict(), "write": result.lat_write.to_dict()}
-        files += [("latency_histogram.json", lambda p: p.write_text(json.dumps(histograms))),
-                  ("latency.png", lambda p: plots.latency_png(result.lat_read, result.lat_write, p))]
-        artifacts += [["latency_histogram.json", "latency"], ["latency.png", "latency"]]
+        files.append(("latency_histogram.json", lambda p: p.write_text(json.dumps(histograms))))
+        artifacts.append(["latency_histogram.json", "latency"])
+        if plot:
+            from . import plots
+
+            files.append(("latency.png", lambda p: plots.latency_png(result.lat_read, result.lat_write, p)))
+            artifacts.append(["latency.png", "latency"])
     for name, text in result.attachments.items():  # e.g. fio's job file and JSON output
         files.append((name, lambda p, text=text: p.write_text(text)))
         artifacts.append([name, "engine"])

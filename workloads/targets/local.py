@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import errno
+import json
 import mmap
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -15,6 +18,12 @@ from .base import Placement, block_device, mount_of, register
 RAM_FS = ("tmpfs", "ramfs")
 SPACE_MARGIN = 64 << 20  # leave the filesystem some room for metadata and for everyone else...
 SPACE_MARGIN_SHARE = 20  # ...but on a small filesystem no more than 1/20 of it
+# Every scratch dir holds this marker naming the process that made it, so that a later run on the
+# same target dir can remove a scratch dir left by a process that was killed (kill -9, power loss
+# of a VM...), and only then: its owner is gone, and it holds nothing but names iosweep gives.
+OWNER_FILE = ".iosweep-owner"
+PROBE_FILE = ".iosweep-direct-probe"
+OUR_NAMES = re.compile(r"job\d+\.dat|" + re.escape(PROBE_FILE) + "|" + re.escape(OWNER_FILE))
 
 
 @register
@@ -52,8 +61,11 @@ class LocalTarget:
             raise ConfigError("size_mb", spec.size_bytes >> 20,
                               f"needs {need >> 20} MiB but {root} has {free >> 20} MiB free: "
                               "lower size_mb or choose another target.dir")
+        remove_stale_scratch(root)
         placement.scratch = Path(tempfile.mkdtemp(prefix="iosweep-", dir=root))
         try:
+            with open(placement.scratch / OWNER_FILE, "x") as f:
+                json.dump(owner(os.getpid()), f)
             placement.io_mode = self._io_mode(placement)
         except BaseException:
             self.cleanup(placement)
@@ -90,6 +102,7 @@ class LocalTarget:
                 pass
         placement.files.clear()
         if placement.scratch is not None:
+            (placement.scratch / OWNER_FILE).unlink(missing_ok=True)
             try:
                 placement.scratch.rmdir()  # only if empty: never removes what others put there
             except OSError:
@@ -102,9 +115,48 @@ class TmpfsTarget(LocalTarget):
     fs_types = RAM_FS
 
 
+def _start_ticks(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (/proc/PID/stat field 22): with the pid
+    it names one process, even after the pid is reused. None if there is no such process."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def owner(pid: int) -> dict:
+    return {"host": socket.gethostname(), "pid": pid, "start": _start_ticks(pid)}
+
+
+def remove_stale_scratch(root: Path) -> list[Path]:
+    """Remove the `iosweep-*` scratch dirs under root whose owner (per its marker) has died on this
+    host, with only the files iosweep names in them. Returns the dirs removed."""
+    removed = []
+    for d in root.glob("iosweep-*"):
+        try:
+            if d.is_symlink() or not d.is_dir():
+                continue
+            record = json.loads((d / OWNER_FILE).read_text())
+            if not isinstance(record, dict) or record.get("host") != socket.gethostname():
+                continue  # not ours, or made on another host sharing this dir: its pids mean nothing here
+            now = owner(int(record["pid"]))
+            if now["start"] is not None and now == record:
+                continue  # its owner is still running
+            for f in d.iterdir():
+                if OUR_NAMES.fullmatch(f.name) and f.is_file() and not f.is_symlink() and f.name != OWNER_FILE:
+                    f.unlink()
+            (d / OWNER_FILE).unlink()
+            d.rmdir()  # fails if anything else is in there: then it stays, unmarked
+            removed.append(d)
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return removed
+
+
 def probe_direct(directory: Path) -> str | None:
     """None if an aligned O_DIRECT write works in `directory`, else the kernel's reason."""
-    path = directory / ".iosweep-direct-probe"
+    path = directory / PROBE_FILE
     buf = mmap.mmap(-1, 4096)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_DIRECT, 0o644)
