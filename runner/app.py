@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 import workloads
 from workloads import ConfigError, DataSpec, Interrupted, Result, Spec, WorkloadError
 
-from . import console, host, tracking
+from . import console, host, secrets, tracking
 from .schema import GROUPS
 _UID = f"{os.getpid()}"
 
@@ -140,6 +140,7 @@ def run_point(cfg: DictConfig) -> float:
     read from the run dirs (tracking.sweep_points), never from this return value.
     """
     hc = HydraConfig.get()
+    secrets.remember_config(cfg)  # also values interpolated into harmless keys: masked at every exit
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
     start_ms = int(time.time() * 1000)
