@@ -242,9 +242,14 @@ def mask_text(text) -> str:
     return text
 
 
+def mask_value(key: str, value) -> str:
+    """One value under its key: the mask for a credential-like key, else value with credentials masked."""
+    return MASK if is_secret(key) and str(value) else mask_text(value)
+
+
 def mask_mapping(d: dict) -> dict:
     """Flat key -> value mapping (params) with credentials masked."""
-    return {k: (MASK if is_secret(k) else mask_text(v)) for k, v in d.items()}
+    return {k: mask_value(k, v) for k, v in d.items()}
 
 
 def mask_nested(value):
