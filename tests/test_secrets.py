@@ -306,7 +306,9 @@ def _leaks(tmp_path: Path, outputs: list[str], values: list[str]) -> list[str]:
 def test_sweep_with_credentials_in_env_and_interpolations_leaks_nothing(tmp_path):
     """Accepted whatever preflight refuses: a credential set with hydra.job.env_set and swept
     credentials that reach the harmless key `trial` by interpolation."""
-    env = {"API_TOKEN": "envTok4567"}
+    # DB_PASSWORD in the caller's env too: the job's env_set is not among its saved overrides, and
+    # reproduce (and a preflight that resolves the first point) read it from there
+    env = {"API_TOKEN": "envTok4567", "DB_PASSWORD": "hunter2xyz"}
     values = ["hunter2xyz", "envTok4567"]
     p = run_cli(tmp_path, "-m", "engine=null", "size_mb=1", "+hydra.job.env_set.DB_PASSWORD=hunter2xyz",
                 "trial=${oc.env:DB_PASSWORD},${oc.env:API_TOKEN}", env=env)
@@ -319,8 +321,7 @@ def test_sweep_with_credentials_in_env_and_interpolations_leaks_nothing(tmp_path
     assert "trial=${oc.env:DB_PASSWORD},${oc.env:API_TOKEN}" in parent.data.tags["iosweep.overrides"]
     outputs = [p.stdout, p.stderr]
     for target in (parent.info.run_id, children[0].info.run_id):
-        # the job's env_set is not among its saved overrides: reproduce reads DB_PASSWORD from the caller's env
-        r = run_cli(tmp_path, target, "--dry-run", module="runner.reproduce", env={**env, "DB_PASSWORD": "hunter2xyz"})
+        r = run_cli(tmp_path, target, "--dry-run", module="runner.reproduce", env=env)
         assert r.returncode == 0, r.stderr
         outputs += [r.stdout, r.stderr]
     assert _leaks(tmp_path, outputs, values) == []
