@@ -107,12 +107,39 @@ def test_values_reached_by_interpolation_are_masked(overrides, env, monkeypatch)
     assert "hunter2xyz" not in json.dumps(secrets.mask_mapping(params))
 
 
-def test_params_and_escaped_overrides_teach_a_new_process(tmp_path):
+@pytest.mark.parametrize("override", ["trial=${oc.env:DB_PASSWORD}",
+                                      r"trial=$\{oc.env\:DB_PASSWORD\}"])  # as Hydra saves a sweep job's
+def test_params_and_overrides_teach_a_new_process(override):
     """runner.sync publishes a run dir in a process that never saw the command line."""
     params = {"trial": "hunter2xyz", "block_kb": "4", "target.password": "s3cr3t"}
-    secrets.remember_params(params, [r"trial=$\{oc.env\:DB_PASSWORD\}"])  # as Hydra saves a sweep job's
+    secrets.remember_params(params, [override])
     masked = secrets.mask_text("config: trial=hunter2xyz block_kb=4 target dir s3cr3t")
     assert "hunter2xyz" not in masked and "s3cr3t" not in masked and "block_kb=4" in masked
+
+
+def test_publish_masks_params_tags_run_name_and_artifacts(tmp_path, monkeypatch):
+    """What runner.sync does with a run dir, in a process that learnt nothing before."""
+    from runner import tracking
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    overrides = ["engine=null", "+db_pass=hunter2xyz", "trial=${oc.env:API_TOKEN}"]
+    (run_dir / ".hydra" / "overrides.yaml").write_text(OmegaConf.to_yaml(overrides))
+    (run_dir / "config.yaml").write_text("db_pass: hunter2xyz\ntrial: envTok4567\nblock_kb: 4\n")
+    (run_dir / "result.json").write_text(json.dumps({
+        "result_id": uuid.uuid4().hex, "name": "seq_write 4k x1 envTok4567", "status": "FAILED",
+        "params": {"db_pass": "hunter2xyz", "trial": "envTok4567", "block_kb": "4"},
+        "tags": {"iosweep.overrides": " ".join(overrides), "iosweep.error": "target.dir='/x/envTok4567': no room"},
+        "metrics": {}, "overrides": overrides, "error": "no room",
+        "artifacts": [["config.yaml", None], [".hydra", ".hydra"], ["result.json", None]]}))
+    tracking.publish(run_dir)
+    [run] = mlflow_runs(tmp_path)[1]
+    assert run.data.params == {"db_pass": MASK, "trial": MASK, "block_kb": "4"}
+    assert run.info.run_name == f"seq_write 4k x1 {MASK}"
+    assert run.data.tags["iosweep.overrides"] == f"engine=null +db_pass={MASK} trial=${{oc.env:API_TOKEN}}"
+    assert _leaks(tmp_path, [], ["hunter2xyz", "envTok4567"]) == []
+    assert len(list(tmp_path.glob("outputs/mlartifacts/**/config.yaml"))) == 1
 
 
 def test_the_mask_reads_back_as_a_plain_string():
