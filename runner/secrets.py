@@ -213,9 +213,8 @@ def _mask_key_values(text: str) -> str:
         start = m.end()
         before = text[m.start() - 1] if m.start() else ""
         if before and before in "'\"":  # 'key=value' inside quotes: the value ends at the closing quote
-            end = start
-            while end < len(text) and text[end] not in (before, "\n"):
-                end += 1
+            ends = [i for i in (text.find(before, start), text.find("\n", start)) if i >= 0]
+            end = min(ends, default=len(text))
         else:
             v = _VALUE.match(text, start)
             end = v.end() if v else start
