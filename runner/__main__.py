@@ -5,7 +5,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from runner import app, console, preflight, schema, tracking
+from runner import app, console, preflight, schema, secrets, tracking
 from workloads import Interrupted
 
 schema.register()
@@ -19,6 +19,8 @@ def main(cfg: DictConfig):
 
 def cli() -> None:
     """`python -m runner` and the `iosweep` console script."""
+    secrets.remember_overrides(sys.argv[1:])  # before anything (Hydra's errors included) can print them
+    secrets.guard_terminal()
     sys.argv[1:] = app.quote_null_choices(sys.argv[1:])
     try:
         preflight.check(sys.argv[1:])

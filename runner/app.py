@@ -24,7 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 import workloads
 from workloads import ConfigError, DataSpec, Interrupted, Result, Spec, WorkloadError
 
-from . import console, host, tracking
+from . import console, host, secrets, tracking
 from .schema import GROUPS
 _UID = f"{os.getpid()}"
 
@@ -177,11 +177,14 @@ def run_point(cfg: DictConfig) -> float:
     read from the run dirs (tracking.sweep_points), never from this return value.
     """
     hc = HydraConfig.get()
+    secrets.remember_config(cfg)  # also values interpolated into harmless keys: masked at every exit
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
     start_ms = int(time.time() * 1000)
     progress = console.Progress()
-    base = {"result_id": uuid.uuid4().hex, "name": run_name(cfg), "overrides": list(hc.overrides.task),
+    # the overrides as typed: reading the list through OmegaConf would resolve `trial=${oc.env:DB_TOKEN}`
+    typed = OmegaConf.to_container(hc.overrides.task)
+    base = {"result_id": uuid.uuid4().hex, "name": run_name(cfg), "overrides": typed,
             "params": params_of(cfg, hc), "start_ms": start_ms,
             "parent_run_id": tracking.parent_run_id() if multirun else None}
     try:
@@ -341,7 +344,7 @@ def _measured(cfg: DictConfig, hc, result: Result, start_ms: int, plot: bool = T
         "iosweep.io_mode": result.io_mode,
         "iosweep.valid": str(result.valid).lower(),
         "iosweep.warnings": "\n".join(result.warnings),
-        "iosweep.overrides": " ".join(hc.overrides.task),
+        "iosweep.overrides": " ".join(OmegaConf.to_container(hc.overrides.task)),  # as typed
         "iosweep.run_dir": str(Path(hc.runtime.output_dir).absolute()),
         **host.host_tags(), **host.target_tags(result.info),
     }

@@ -8,6 +8,9 @@ that log to MLflow, and `--config-dir RUN/.hydra` silently loads the app's confi
 
 A sweep parent: every old point is diffed the same way, the sweep runs again from the parent's
 `iosweep.overrides`, and the new points are matched to the old ones by their overrides.
+
+Credentials were masked when logged (runner.secrets): a saved override whose value is the mask is
+not run with the mask; `--set KEY=VALUE` gives the value again (a dry run only says so).
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from . import app, console, runs, schema, tracking
+from . import app, console, runs, schema, secrets, tracking
 
 
 @dataclass
@@ -44,7 +47,12 @@ def _read_saved(files: Path, label: str) -> tuple[list[str], dict[str, str]]:
     if config_file is None:
         console.fail(f"{label} has neither config.yaml nor .hydra/config.yaml")
     overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_file))]
-    config = tracking.flatten(OmegaConf.to_container(OmegaConf.load(config_file), resolve=True))
+    # runs logged before MASKED was the mask hold `password: ***`, which YAML reads as an alias
+    saved = OmegaConf.create(secrets.readable_yaml(config_file.read_text()))
+    config = tracking.flatten(OmegaConf.to_container(saved, resolve=True))
+    # a run dir holds the real values: learn them so that nothing printed below shows them
+    secrets.remember_overrides(overrides)
+    secrets.remember_params(config, overrides)
     return overrides, config
 
 
@@ -118,13 +126,39 @@ def compose_now(overrides: list[str], label: str) -> dict[str, str]:
 
 
 def print_config_diff(original: Original, label: str) -> None:
-    differ = runs.changes(original.config, compose_now(original.overrides, label))
+    now = compose_now(original.overrides, label)
+    secrets.remember_params(now, original.overrides)
+    # a value masked when logged cannot be compared: not a difference
+    now = {k: (secrets.MASK if secrets.is_masked(original.config.get(k, "")) else v) for k, v in now.items()}
+    differ = runs.changes(original.config, now)
     if not differ:
         print(f"{label}: config unchanged ({len(original.config)} keys)")
         return
     print(f"{label}: {len(differ)} config keys differ (saved -> now):")
     for line in differ:
         print(f"  {line}")
+
+
+def with_given(saved: list[str], given: list[str], origin: str, dry_run: bool) -> list[str]:
+    """The saved overrides with the values --set gives again. A value still masked is never run:
+    one line naming its key and how to give it (a dry run runs nothing: it only says so)."""
+    by_key = {g.partition("=")[0].lstrip("+~"): g.partition("=")[2] for g in given}
+    unknown = sorted(by_key.keys() - {o.partition("=")[0].lstrip("+~") for o in saved})
+    if unknown:
+        console.fail(f"--set {unknown[0]}: not among the saved overrides of {origin}; --set only gives again a "
+                     f"value that was masked when logged")
+    out = []
+    for o in saved:
+        key, _, value = o.partition("=")
+        out.append(f"{key}={by_key[key.lstrip('+~')]}" if key.lstrip("+~") in by_key else o)
+    masked = secrets.masked_keys(out)
+    if masked:
+        how = (f"give {'it' if len(masked) == 1 else 'them'} again: python -m runner.reproduce {origin} "
+               + " ".join(f"--set {k}={secrets.PLACEHOLDER}" for k in masked))
+        if not dry_run:
+            console.fail(f"{', '.join(masked)}: masked when logged (iosweep never stores credentials); {how}")
+        print(f"iosweep: note: {', '.join(masked)}: masked when logged, compared as masked; to run it, {how}")
+    return out
 
 
 def run_runner(args: list[str], reproduced_from: str) -> int:
@@ -145,13 +179,14 @@ def find_reproduction(origin: str, since_ms: int, sweep: bool):
     return next((r for r in found if r.info.start_time >= since_ms and runs.is_sweep(r) == sweep), None)
 
 
-def reproduce_point(original: Original, dry_run: bool) -> int:
+def reproduce_point(original: Original, dry_run: bool, given: list[str] = ()) -> int:
+    args = with_given(original.overrides, list(given), original.origin, dry_run)
     print(f"iosweep: reproducing {original.origin}: {' '.join(original.overrides) or '(defaults)'}")
     print_config_diff(original, original.origin)
     if dry_run:
         return 0
     since_ms = int(time.time() * 1000)
-    code = run_runner(original.overrides, original.origin)
+    code = run_runner(args, original.origin)
     if code != 0:
         return code
     new = find_reproduction(original.origin, since_ms, sweep=False)
@@ -163,9 +198,9 @@ def reproduce_point(original: Original, dry_run: bool) -> int:
     return 0
 
 
-def reproduce_sweep(c, parent, dry_run: bool) -> int:
+def reproduce_sweep(c, parent, dry_run: bool, given: list[str] = ()) -> int:
     parent_id = parent.info.run_id
-    sweep_args = runs.overrides_of(parent).split()
+    sweep_args = with_given(runs.overrides_of(parent).split(), list(given), parent_id, dry_run)
     print(f"iosweep: reproducing sweep {parent_id}: -m {' '.join(sweep_args) or '(defaults)'}")
     for child in sorted(runs.children(c, parent), key=runs.overrides_of):
         print_config_diff(from_run(c, child), f"point {runs.overrides_of(child) or '(defaults)'}")
@@ -188,17 +223,24 @@ def main(argv: list[str] | None = None) -> int:
     parser = runs.Parser(prog="python -m runner.reproduce", description=__doc__.splitlines()[0])
     parser.add_argument("target", metavar="RUN_ID|RUN_DIR", help="MLflow run id (point or sweep parent) or a Hydra run dir")
     parser.add_argument("--dry-run", action="store_true", help="only show how the config changed; run nothing")
+    parser.add_argument("--set", dest="given", action="append", default=[], metavar="KEY=VALUE",
+                        help="give again a value that was masked when logged (a credential); repeatable")
+    secrets.guard_terminal()
     args = parser.parse_args(argv)
+    for g in args.given:
+        if "=" not in g:
+            console.fail(f"--set {g}: give KEY=VALUE, the key as in the saved overrides")
+        secrets.remember_elements(g.partition("=")[2])  # given again because it is a credential
     schema.register()
     app.register_resolvers()
     # A run id is 32 hex digits; anything with a path separator, or an existing dir, is a run dir.
     if os.sep in args.target or Path(args.target).is_dir():
-        return reproduce_point(from_dir(Path(args.target)), args.dry_run)
+        return reproduce_point(from_dir(Path(args.target)), args.dry_run, args.given)
     c = runs.open_client()
     run = runs.get_run(c, args.target)
     if runs.is_sweep(run):
-        return reproduce_sweep(c, run, args.dry_run)
-    return reproduce_point(from_run(c, run), args.dry_run)
+        return reproduce_sweep(c, run, args.dry_run, args.given)
+    return reproduce_point(from_run(c, run), args.dry_run, args.given)
 
 
 if __name__ == "__main__":

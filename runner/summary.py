@@ -5,6 +5,8 @@ import re
 
 import numpy as np
 
+from . import secrets
+
 REFERENCE_ENGINE = "fio"
 
 
@@ -52,7 +54,7 @@ def engine_ratios(points: list[dict]) -> list[dict]:
                 continue
             med = lambda xs: float(np.median(xs))  # noqa: E731
             ratios = [m["throughput_mib_s"] / ref["throughput_mib_s"] for m, ref in pairs]
-            rows.append({"point": " ".join(f"{k}={v}" for k, v in key) or "(all)", "engine": engine,
+            rows.append({"point": secrets.mask_text(" ".join(f"{k}={v}" for k, v in key)) or "(all)", "engine": engine,
                          "trials": len(pairs), "mib_s": med([m["throughput_mib_s"] for m, _ in pairs]),
                          "fio_mib_s": med([ref["throughput_mib_s"] for _, ref in pairs]), "ratio": med(ratios),
                          "ratio_min": min(ratios), "ratio_max": max(ratios),
@@ -91,11 +93,12 @@ def rows(points: list[dict]) -> tuple[list[str], list[dict]]:
     out = []
     for p in points:
         ov = overrides_dict(p)
-        row = {a: ov.get(a, "") for a in axes}
+        # masked here, at the source of every table, finding and plot label (a PNG cannot be masked later)
+        row = {a: secrets.mask_value(a, ov.get(a, "")) for a in axes}
         row["status"] = p["status"]
         row["valid"] = str(p.get("valid", "")).lower()
         row.update({m: p["metrics"].get(m, float("nan")) for m in KEY_METRICS})
-        row["error"] = p.get("error") or ""
+        row["error"] = secrets.mask_text(p.get("error") or "")
         row["run_id"] = p.get("run_id") or ""
         out.append(row)
     return axes, out

@@ -162,8 +162,10 @@ def log_run(c, *, name: str, params: dict[str, str], metrics: dict[str, float], 
     """
     from mlflow.entities import Metric, Param, RunTag
 
+    secrets.remember_params(params, str(tags.get("iosweep.overrides", "")).split())  # e.g. runner.sync
     tags = {k: secrets.mask_text(str(v)) for k, v in tags.items()}
     params = secrets.mask_mapping(params)
+    name = secrets.mask_text(name)
     first = {"mlflow.runName": name, PUBLISHING: "true", **process_tags(),
              **{k: tags.pop(k) for k in ("iosweep.result_id",) if k in tags}}
     if parent_id:
@@ -469,8 +471,9 @@ class SweepCallback(Callback):
         self.finished = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        task = OmegaConf.to_container(config.hydra.overrides.task)  # as typed: `trial=${nope},1` is text here
+        task = OmegaConf.to_container(config.hydra.overrides.task)  # as typed: `trial=${oc.env:DB_TOKEN}`, not the token
         overrides = " ".join(task) or "(defaults)"
+        secrets.remember_config(config)  # and values interpolated into harmless keys (trial=${password})
         overrides = secrets.mask_text(overrides)
         # Hydra's launcher prints every job's overrides: mask credentials there too
         logging.getLogger("hydra._internal.core_plugins.basic_launcher").addFilter(secrets.MaskFilter())
@@ -586,7 +589,7 @@ class SweepCallback(Callback):
         if best:
             metrics["best_throughput_mib_s"] = best["throughput_mib_s"]
             metrics["best_iops"] = best["iops"]
-            tags.append(RunTag("iosweep.best_point", " ".join(f"{a}={best[a]}" for a in axes)))
+            tags.append(RunTag("iosweep.best_point", secrets.mask_text(" ".join(f"{a}={best[a]}" for a in axes))))
             if best["run_id"]:
                 tags.append(RunTag("iosweep.best_run_id", best["run_id"]))
         metrics |= {summary.metric_key(f"ratio_vs_fio/{r['engine']}/{r['point']}"): r["ratio"] for r in ratios}
