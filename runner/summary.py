@@ -230,7 +230,8 @@ def best_point(table: list[dict], metric: str = "throughput_mib_s") -> dict | No
     return max(agg, key=lambda r: r[metric]) if agg else None
 
 
-def _series(table: list[dict], axes: list[str], x: str, valid_only: bool = True) -> dict[tuple, list[tuple[float, dict]]]:
+def _series(table: list[dict], axes: list[str], x: str,
+            valid_only: bool = True) -> dict[tuple, list[tuple[float, dict]]]:
     """Group the points by every other swept axis; each group sorted along numeric axis x."""
     others = [a for a in axes if a != x]
     groups: dict[tuple, list] = {}
@@ -338,13 +339,23 @@ def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[
 
 # ---- plots ----------------------------------------------------------------------------------
 
-def fixed_settings(columns: list[str], table: list[dict]) -> str:
+def fixed_settings(columns: list[str], table: list[dict], sweep_dir=None) -> str:
     """The settings every point shares and the sweep did not vary, e.g. `pattern=seq_write direct=false`.
 
-    From the points' params (the resolved config); without params, the overrides they all share.
+    From the points' params (the resolved config), else from the result.json of each point in
+    sweep_dir; without either, the overrides they all share.
     """
+    import json
+    from pathlib import Path
+
     swept = set(columns)
     params = [r["_params"] for r in table if r.get("_params")]
+    if not params and sweep_dir is not None:
+        for f in sorted(Path(sweep_dir).glob("*/result.json")):
+            try:
+                params.append(json.loads(f.read_text())["params"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a point without a readable record: its settings are not known
     if params:
         shared = {k: v for k, v in params[0].items() if all(p.get(k) == v for p in params[1:])}
         if shared.get("pattern") != "mixed":
@@ -354,6 +365,7 @@ def fixed_settings(columns: list[str], table: list[dict]) -> str:
         ovs = [r["_overrides"] for r in table]
         shared = {k: v for k, v in (ovs[0] if ovs else {}).items() if all(o.get(k) == v for o in ovs[1:])}
         keys = sorted(shared)
+    shared = {k: {"True": "true", "False": "false"}.get(v, v) for k, v in shared.items()}  # as typed on the CLI
     return " ".join(f"{k}={shared[k]}" for k in keys
                     if k not in swept and k.split(".")[0] not in swept and shared[k] not in ("null", "None", None))
 
@@ -387,7 +399,7 @@ def plots(columns: list[str], table: list[dict], out_dir) -> list:
 
     axes = sweep_axes(columns)
     out_dir, made = Path(out_dir), []
-    fixed = fixed_settings(columns, table)
+    fixed = fixed_settings(columns, table, out_dir)
 
     def save(fig, name):
         fig.tight_layout()

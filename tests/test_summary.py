@@ -215,3 +215,16 @@ def test_heatmap_marks_invalid_cells(tmp_path, figure_texts):
     summary.plots(*summary.rows(pts), tmp_path)
     texts = figure_texts["heatmap_block_kb_writers.png"]
     assert summary.INVALID_LABEL in texts and sum("invalid" in t and "\n" in t for t in texts) == 1
+
+
+def test_fixed_settings_read_the_points_result_json_when_the_points_carry_no_params(tmp_path):
+    import json
+
+    pts = [dict(point(block_kb=b), params=None) for b in (4, 64)]
+    for i, b in enumerate((4, 64)):
+        (tmp_path / str(i)).mkdir()
+        params = {**PARAMS, "block_kb": str(b), "direct": "False"}
+        (tmp_path / str(i) / "result.json").write_text(json.dumps({"params": params}))
+    fixed = summary.fixed_settings(*summary.rows(pts), tmp_path)
+    assert "direct=false" in fixed  # as typed on the command line, not Python's False
+    assert fixed.startswith("pattern=seq_write engine=sync") and "size_mb=256" in fixed and "block_kb" not in fixed
