@@ -307,10 +307,14 @@ def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[
             if not one or len(series) < 2 or one["throughput_mib_s"] <= 0:
                 continue
             n, top = max(series, key=lambda t: t[1]["throughput_mib_s"])
+            last_n, last = series[-1]
+            if n == 1:
+                out.append(f"No scaling ({_label(key)}): the peak {top['throughput_mib_s']:.1f} MiB/s is at 1 writer; "
+                           f"{last_n:g} writers gave {last['throughput_mib_s'] / top['throughput_mib_s']:.2f}x that")
+                continue
             speedup = top["throughput_mib_s"] / one["throughput_mib_s"]
             line = (f"Scaling 1 -> {n:g} writers ({_label(key)}): {speedup:.2f}x throughput, "
                     f"efficiency {100 * speedup / n:.0f}% (peak {top['throughput_mib_s']:.1f} MiB/s at {n:g} writers)")
-            last_n, last = series[-1]
             if last_n != n:
                 line += (f"; more writers did not help: {last_n:g} writers gave "
                          f"{last['throughput_mib_s'] / top['throughput_mib_s']:.2f}x the peak")

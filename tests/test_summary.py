@@ -81,6 +81,8 @@ def test_scaling_uses_the_peak_writer_count():
     assert line.startswith("Scaling 1 -> 2 writers (all points): 1.80x throughput, efficiency 90% "
                            "(peak 180.0 MiB/s at 2 writers)"), line
     assert "8 writers gave 0.67x the peak" in line
+    pts = [point(writers=w, throughput_mib_s=v) for w, v in ((1, 300.0), (2, 270.0))]
+    assert "No scaling (all points): the peak 300.0 MiB/s is at 1 writer; 2 writers gave 0.90x that" in notes_of(pts)
 
 
 def test_trial_is_a_label_aggregated_by_median_not_an_axis():
