@@ -9,7 +9,15 @@ REFERENCE_ENGINE = "fio"
 
 
 def overrides_dict(point: dict) -> dict[str, str]:
-    return dict(o.lstrip("+").split("=", 1) for o in point["overrides"] if "=" in o)
+    return {k: _as_typed(v) for k, v in (o.lstrip("+").split("=", 1) for o in point["overrides"] if "=" in o)}
+
+
+def _as_typed(value: str) -> str:
+    """A value as the user typed it: Hydra's sweeper hands `direct=false` over as False, and
+    `engine=null` reaches Hydra quoted ('null') so that it picks conf/engine/null.yaml."""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+        value = value[1:-1]
+    return {"True": "true", "False": "false"}.get(value, value)
 
 
 def metric_key(text: str) -> str:

@@ -102,6 +102,13 @@ def test_trial_is_a_label_aggregated_by_median_not_an_axis():
     assert "| 64 | 3 | 380.0 | 300.0 – 400.0 |" in md, md
 
 
+def test_axis_values_read_as_typed():
+    pts = [dict(point(block_kb=4), overrides=["direct=False", "engine='null'"]),
+           dict(point(block_kb=4), overrides=["direct=True", "engine=sync"])]
+    columns, table = summary.rows(pts)
+    assert [(r["direct"], r["engine"]) for r in table] == [("false", "null"), ("true", "sync")]
+
+
 def test_seed_is_a_knob_and_stays_an_axis():
     pts = [point(seed=s, block_kb=b) for s in (0, 1) for b in (4, 64)]
     assert summary.varying_axes(pts) == ["seed", "block_kb"]
