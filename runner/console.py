@@ -51,26 +51,37 @@ def describe(spec: Spec) -> str:
 
 
 def result_table(result: Result) -> str:
+    """The result as lines. With repeats every figure says what it is: throughput is the mean of the
+    repeats' rates; IOPS, read/write rates, latency and the device counters pool all repeats'
+    ops over all their windows; sizes and times are totals, followed by the mean per repeat."""
     m = result.metrics()
     info = result.info
-    lines = [
-        f"  io_mode {result.io_mode}   fs {info.get('fs_type', '?')} on {info.get('device') or '?'}",
-        f"  {'throughput':>12} {m['throughput_mib_s']:10.1f} MiB/s   {'iops':>6} {m['iops']:10.0f}"
-        f"   {m['bytes_total'] / MIB:.0f} MiB in {m['elapsed_s']:.3f} s",
-    ]
+    n = int(m.get("repeats", 1))
+    pooled = f" (pooled: {n} repeats)" if n > 1 else ""
+    lines = [f"  io_mode {result.io_mode}   fs {info.get('fs_type', '?')} on {info.get('device') or '?'}"]
+    if n > 1:
+        lines += [f"  {'throughput':>12} {m['throughput_mib_s']:10.1f} MiB/s (mean of {n} repeats)   "
+                  f"iops {m['iops']:.0f} (pooled: all ops / all windows)",
+                  f"  {'per repeat':>12} {m['bytes_total'] / MIB / n:.0f} MiB in {m['elapsed_s'] / n:.3f} s (mean)"
+                  f"   total {m['bytes_total'] / MIB:.0f} MiB in {m['elapsed_s']:.3f} s"]
+    else:
+        lines.append(f"  {'throughput':>12} {m['throughput_mib_s']:10.1f} MiB/s   {'iops':>6} {m['iops']:10.0f}"
+                     f"   {m['bytes_total'] / MIB:.0f} MiB in {m['elapsed_s']:.3f} s")
     if "read_throughput_mib_s" in m:
         lines.append(f"  {'read':>12} {m['read_throughput_mib_s']:10.1f} MiB/s   "
-                     f"{'write':>6} {m['write_throughput_mib_s']:10.1f} MiB/s")
+                     f"{'write':>6} {m['write_throughput_mib_s']:10.1f} MiB/s{pooled}")
     lines.append("  latency us   " + "  ".join(
-        f"{k} {m[f'lat_{k}_us']:.1f}" for k in ("p50", "p90", "p99", "p999", "max")))
+        f"{k} {m[f'lat_{k}_us']:.1f}" for k in ("p50", "p90", "p99", "p999", "max")) + pooled)
     if "throughput_mib_s_std" in m:
-        lines.append(f"  repeats {m['repeats']:.0f}: mean {m['throughput_mib_s']:.1f} MiB/s, std "
-                     f"{m['throughput_mib_s_std']:.1f}, 95% CI [{m['throughput_mib_s_ci95_low']:.1f}, "
-                     f"{m['throughput_mib_s_ci95_high']:.1f}]")
+        low = m["throughput_mib_s_ci95_low"]
+        lines.append(f"  repeats {n}: throughput mean {m['throughput_mib_s']:.1f} MiB/s, std "
+                     f"{m['throughput_mib_s_std']:.1f}, 95% CI [{low:.1f}, {m['throughput_mib_s_ci95_high']:.1f}]"
+                     + (" (below 0: see the warning)" if low < 0 else ""))
     if "device_read_bytes" in m:
         lines.append(f"  device {info.get('device')}: read {m['device_read_bytes'] / MIB:.0f} MiB, "
                      f"wrote {m['device_write_bytes'] / MIB:.0f} MiB"
-                     + (f", {m['cache_served_pct']:.0f}% of reads from page cache" if "cache_served_pct" in m else ""))
+                     + (f", {m['cache_served_pct']:.0f}% of reads from page cache" if "cache_served_pct" in m else "")
+                     + (f" (total over {n} repeats)" if n > 1 else ""))
     if "data_compress_ratio_measured" in m:
         lines.append(f"  data measured: compress {m['data_compress_ratio_measured']:.2f}:1, dedup "
                      f"{m['data_dedup_ratio_measured_1mib']:.2f}:1 (1 MiB units), "

@@ -1,7 +1,16 @@
-"""Shared by runner.compare and runner.reproduce: finding runs in the store, and tables of differences."""
+"""python -m runner.runs: the recent runs and sweeps with their ids, newest first.
+
+  python -m runner.runs                  runs and sweep parents (with their point count)
+  python -m runner.runs --limit 50       more of them
+  python -m runner.runs --sweep ID       one sweep's points
+
+Also shared by runner.compare and runner.reproduce: finding runs in the store, and tables of differences.
+"""
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 
 from . import console, tracking
@@ -114,3 +123,115 @@ def sweep_table(c, a, b, a_label: str, b_label: str) -> str:
     lines.append(f"points matched: {len(matched)}, unmatched: {len(only_a) + len(only_b)} "
                  f"({len(only_a)} only in {a_label}, {len(only_b)} only in {b_label})")
     return "\n".join(lines)
+
+
+# ---- python -m runner.runs ----------------------------------------------------------------------
+
+PAGE = 1000  # runs read per search_runs call while looking for the newest top-level runs
+
+
+def _started(run) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(run.info.start_time / 1000))
+
+
+def _mib_s(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
+def _what(run) -> str:
+    tags = run.data.tags
+    overrides = tags.get("iosweep.overrides", "")
+    if is_sweep(run):
+        return f"sweep {overrides or '(defaults)'}"
+    return f"{run.info.run_name or ''}  [{overrides or 'defaults'}]"
+
+
+def _columns(rows: list[list[str]]) -> str:
+    """Left-aligned columns; the throughput column (index 4) right-aligned."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.rjust(w) if i == 4 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+                     for r in rows)
+
+
+HEADER = ["run id", "started", "status", "valid", "MiB/s", "what"]
+
+
+def _search(c, experiment: str, filter_string: str = "", limit: int | None = None):
+    """Runs newest first, page by page (MLflow caps one page)."""
+    token = None
+    while True:
+        page = c.search_runs([experiment], filter_string=filter_string, order_by=["attributes.start_time DESC"],
+                             max_results=PAGE if limit is None else min(PAGE, limit), page_token=token)
+        yield from page
+        token = page.token
+        if not token:
+            return
+
+
+def list_runs(c, experiment: str, limit: int) -> list[list[str]]:
+    """The newest `limit` runs that are not sweep points, sweeps with their point count and how many
+    of those are valid. Points start after their sweep: newest first, a sweep's points come before it."""
+    points: dict[str, list[str]] = {}  # sweep id -> its points' iosweep.valid
+    rows = []
+    for run in _search(c, experiment):
+        parent = run.data.tags.get("mlflow.parentRunId")
+        if parent:
+            points.setdefault(parent, []).append(run.data.tags.get("iosweep.valid", ""))
+            continue
+        if is_sweep(run):
+            valid = points.get(run.info.run_id, [])
+            rows.append([run.info.run_id, _started(run), run.info.status, f"{valid.count('true')}/{len(valid)}",
+                         _mib_s(run.data.metrics.get("best_throughput_mib_s")),
+                         f"{_what(run)}  ({len(valid)} points; MiB/s = best valid)"])
+        else:
+            rows.append([run.info.run_id, _started(run), run.info.status, run.data.tags.get("iosweep.valid", "-"),
+                         _mib_s(run.data.metrics.get("throughput_mib_s")), _what(run)])
+        if len(rows) == limit:
+            break
+    return rows
+
+
+def list_points(c, sweep, limit: int | None) -> list[list[str]]:
+    found = _search(c, sweep.info.experiment_id, f"tags.mlflow.parentRunId = '{sweep.info.run_id}'", limit)
+    return [[r.info.run_id, _started(r), r.info.status, r.data.tags.get("iosweep.valid", "-"),
+             _mib_s(r.data.metrics.get("throughput_mib_s")), _what(r)] for r in list(found)[:limit]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    from . import secrets
+
+    parser = Parser(prog="python -m runner.runs", description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="show the N newest (default 20 runs; every point of a sweep)")
+    parser.add_argument("--sweep", metavar="ID", help="list the points of this sweep (its parent run id)")
+    args = parser.parse_args(argv)
+    if args.limit is not None and args.limit < 1:
+        console.fail(f"--limit={args.limit}: must be a whole number >= 1")
+    c = open_client()
+    try:
+        if args.sweep:
+            sweep = get_run(c, args.sweep)
+            if not is_sweep(sweep):
+                console.fail(f"--sweep {args.sweep}: run is a single point, not a sweep; list runs without --sweep")
+            title = f"sweep {sweep.info.run_id}  {_what(sweep)}  dir {sweep.data.tags.get('iosweep.sweep_dir', '?')}"
+            rows = list_points(c, sweep, args.limit)
+        else:
+            import os
+
+            exp = c.get_experiment_by_name(os.environ.get("MLFLOW_EXPERIMENT_NAME", tracking.EXPERIMENT))
+            if exp is None:
+                print(f"no runs yet in {tracking.tracking_uri()}")
+                return 0
+            title = f"newest first, {tracking.tracking_uri()}"
+            rows = list_runs(c, exp.experiment_id, args.limit or 20)
+    except SystemExit:
+        raise
+    except Exception as e:  # the store itself failed: one line, exit 3 like every store failure
+        console.fail(f"tracking store {tracking.tracking_uri()} unavailable ({tracking.store_reason(e)})", code=3)
+    print(secrets.mask_text(title))
+    print(secrets.mask_text(_columns([HEADER, *rows])) if rows else "(no runs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

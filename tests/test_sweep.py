@@ -63,8 +63,10 @@ def test_sweep_leaves_table_findings_plots_and_best_point_on_the_parent(tmp_path
     assert {"summary.csv", "summary.md", "throughput_vs_block_kb.png", "iops_vs_block_kb.png",
             "p99_vs_block_kb.png", "scaling_efficiency_vs_writers.png", "heatmap_block_kb_writers.png"} <= arts
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    best = max(children, key=lambda r: r.data.metrics["throughput_mib_s"])
+    valid = [r for r in children if r.data.tags["iosweep.valid"] == "true"]  # "best" is never an invalid point
+    best = max(valid, key=lambda r: r.data.metrics["throughput_mib_s"])
     assert parent.data.metrics["best_throughput_mib_s"] == pytest.approx(best.data.metrics["throughput_mib_s"])
+    assert parent.data.metrics["best_iops"] == pytest.approx(max(r.data.metrics["iops"] for r in valid))
     assert parent.data.tags["iosweep.best_run_id"] == best.info.run_id
     sweep_dir = Path(parent.data.tags["iosweep.sweep_dir"])
     # where to look, at the start and again at the end of the sweep's output

@@ -41,16 +41,22 @@ def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
         share = result.device_write_bytes / result.bytes_written
         if share < WRITES_ON_DEVICE_MIN:
             invalid.append(f"only {100 * share:.0f}% of written bytes reached the device inside the window "
-                           "(page cache): set end_fsync=true or direct=true")
+                           f"(page cache): {_write_advice(spec)}")
     if not result.info.get("ramp_done", True):
         invalid.append(f"the run ended inside ramp_s={spec.ramp_s}: nothing after the warm-up was measured")
     busy = result.elapsed_s * spec.writers
     if busy > 0 and result.datagen_wait_s > max(DATAGEN_WAIT_MAX * busy, MIN_WAIT_S):
         invalid.append(f"data generation was slower than the I/O: workers waited {result.datagen_wait_s:.2f} s "
                        f"for dgen-py ({100 * result.datagen_wait_s / busy:.0f}% of their time)")
-    if 0 < result.elapsed_s < SHORT_WINDOW_S and result.io_mode != "none":
-        notes.append(f"the measured window was only {1000 * result.elapsed_s:.0f} ms: raise size_mb or set "
-                     "duration_s for a stable figure")
+    window_s = result.elapsed_s / max(1, len(result.repeat_throughputs))  # each repeat is its own window
+    if 0 < window_s < SHORT_WINDOW_S and result.io_mode != "none":
+        how = "raise duration_s" if spec.duration_s else "raise size_mb or set duration_s (with ramp_s)"
+        notes.append(f"the measured window was only {1000 * window_s:.0f} ms: {how} for a stable figure")
+    if len(result.repeat_throughputs) > 1:
+        low = result.metrics()["throughput_mib_s_ci95_low"]
+        if low < 0:
+            notes.append(f"the 95% CI of throughput reaches below zero ({low:.1f} MiB/s): {spec.repeats} repeats "
+                         "are too few or too noisy for an interval; raise repeats or the window (shown unclamped)")
     measured = result.data_measured
     if spec.data.kind == "dgen" and measured:
         got_c = measured["data_compress_ratio_measured"]
@@ -64,3 +70,15 @@ def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
             notes.append(f"dgen-py makes compressible data with zero runs: at 4 KiB those zero blocks also dedup "
                          f"({measured['data_dedup_ratio_measured']:.2f}:1 measured)")
     return not invalid, invalid + notes
+
+
+def _write_advice(spec: Spec) -> str:
+    """What to change when buffered writes did not reach the device: never what is already set."""
+    if not spec.end_fsync:
+        return "set end_fsync=true or direct=true"
+    if spec.duration_s:  # time-based: the loop rewrites the same blocks, the page cache keeps the last copy
+        return (f"end_fsync=true is set, but duration_s={spec.duration_s:g} rewrites the same "
+                f"{spec.file_size * spec.writers / MIB:.0f} MiB and the page cache absorbs the rewrites: set "
+                "direct=true, or drop duration_s (one pass: every byte is written once, then fsynced)")
+    return ("end_fsync=true is set, yet the device saw fewer bytes (another device behind the filesystem, or it "
+            "compresses or deduplicates): set direct=true")
