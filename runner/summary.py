@@ -140,8 +140,8 @@ def rows(points: list[dict]) -> tuple[list[str], list[dict]]:
         row["run_id"] = p.get("run_id") or ""
         # not columns: which point the run measured (trials of one point share it), and its config
         row["_point"] = tuple((a, row[a]) for a in axes)
-        row["_params"] = p.get("params") or {}
-        row["_overrides"] = ov
+        row["_params"] = secrets.mask_mapping(p.get("params") or {})
+        row["_overrides"] = secrets.mask_mapping(ov)
         out.append(row)
     return columns, out
 
