@@ -108,6 +108,7 @@ def to_spec(cfg: DictConfig) -> Spec:
     return Spec(
         pattern=cfg.pattern.name, read_pct=_whole(cfg, "pattern.read_pct", 0),
         block_size=_whole(cfg, "block_kb") * 1024, writers=_whole(cfg, "writers"),
+        iodepth=_whole(cfg, "iodepth"),
         size_bytes=_whole(cfg, "size_mb") << 20, duration_s=_number(cfg, "duration_s", optional=True),
         ramp_s=_number(cfg, "ramp_s", strict=False), direct=_switch(cfg, "direct"),
         direct_fallback=_switch(cfg, "direct_fallback"), end_fsync=_switch(cfg, "end_fsync"),
@@ -360,7 +361,7 @@ def _measured(cfg: DictConfig, hc, result: Result, start_ms: int, plot: bool = T
 # time-series row field -> MLflow step metric; system/* are the names MLflow's System Metrics tab shows
 STEP_METRICS = {"mib_s": "interval_throughput_mib_s", "iops": "interval_iops",
                 "device_read_mib_s": "interval_device_read_mib_s", "device_write_mib_s": "interval_device_write_mib_s"}
-STEP_METRICS |= {name: f"system/{name}" for name in (  # the fields of workloads.job.system_sample
+STEP_METRICS |= {name: f"system/{name}" for name in (  # the fields of workloads.sampler.system_sample
     "cpu_utilization_percentage", "system_memory_usage_megabytes", "system_memory_usage_percentage",
     "disk_usage_percentage", "disk_usage_megabytes", "disk_available_megabytes",
     "network_receive_megabytes", "network_transmit_megabytes")}

@@ -54,6 +54,7 @@ class IosweepConfig:
     data: DataConf = field(default_factory=DataConf)
     block_kb: Any = 1024
     writers: Any = 1
+    iodepth: Any = 1
     size_mb: Any = 256
     duration_s: Any = None
     ramp_s: Any = 0.0

@@ -101,12 +101,12 @@ def ratio_table(rows: list[dict]) -> str:
 
 KEY_METRICS = ("throughput_mib_s", "iops", "lat_p50_us", "lat_p99_us", "cpu_util_pct", "elapsed_s")
 REPEAT_METRICS = ("repeats", "throughput_mib_s_std", "throughput_mib_s_ci95_low", "throughput_mib_s_ci95_high")
-NUMERIC_AXES = ("block_kb", "writers", "size_mb", "duration_s", "pattern.read_pct", "data.compress_ratio",
-                "data.dedup_ratio")
+NUMERIC_AXES = ("block_kb", "writers", "iodepth", "size_mb", "duration_s", "pattern.read_pct",
+                "data.compress_ratio", "data.dedup_ratio")
 KNEE_GAIN = 0.10  # "beyond this block size, throughput gains < 10%"
 # Settings a plot names when every point shares them (from the points' params), in this order.
 SHOWN_SETTINGS = ("pattern", "pattern.read_pct", "engine", "target", "direct", "cache", "end_fsync", "block_kb",
-                  "writers", "size_mb", "duration_s", "ramp_s", "repeats", "data", "data.compress_ratio",
+                  "iodepth", "writers", "size_mb", "duration_s", "ramp_s", "repeats", "data", "data.compress_ratio",
                   "data.dedup_ratio", "seed", "point", "experiment")
 INVALID_LABEL = "invalid (not storage truth)"
 

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import run_cli
 from test_faults import start_cli, wait_for_measuring, wait_for_runs, workers_of
-from workloads import Spec, WorkloadError, job
+from workloads import Spec, WorkloadError, job, processes
 from workloads.targets import local
 
 MIB = 1 << 20
@@ -51,8 +51,8 @@ def left(names: set[str]) -> set[str]:
 ])
 def test_a_stopped_worker_ends_the_run_by_itself(tmp_path, monkeypatch, grace, stall, writers, duration, says):
     """No signal to the runner: the deadline + grace (or a stall rule) ends it, in one line."""
-    monkeypatch.setattr(job, "RUN_GRACE_S", grace)
-    monkeypatch.setattr(job, "STALL_S", stall)
+    monkeypatch.setattr(processes, "RUN_GRACE_S", grace)
+    monkeypatch.setattr(processes, "STALL_S", stall)
     stopped = []
 
     def stop_one(*_):  # the first progress call: the window is open
@@ -132,7 +132,7 @@ def test_a_worker_dies_with_its_parent_even_while_waiting(tmp_path):
     code = textwrap.dedent("""
         import os, subprocess, sys, time
         grandchild = subprocess.Popen([sys.executable, "-c",
-            "import os, sys, time; from workloads.job import _die_with_parent; "
+            "import os, sys, time; from workloads.processes import _die_with_parent; "
             "_die_with_parent(int(sys.argv[1])); print('armed', flush=True); time.sleep(600)", str(os.getpid())],
             stdout=subprocess.PIPE, text=True)
         assert grandchild.stdout.readline().strip() == "armed"
@@ -151,7 +151,7 @@ def test_a_worker_dies_with_its_parent_even_while_waiting(tmp_path):
 
 
 def test_a_worker_whose_parent_is_already_gone_exits_at_once():
-    p = subprocess.run([sys.executable, "-c", "from workloads.job import _die_with_parent; _die_with_parent(1); "
+    p = subprocess.run([sys.executable, "-c", "from workloads.processes import _die_with_parent; _die_with_parent(1); "
                         "print('still here')"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and "still here" not in p.stdout
 
@@ -194,7 +194,7 @@ def test_a_worker_stopped_before_it_got_ready_ends_the_run(tmp_path, monkeypatch
     """The start barrier is bounded too: worker 1 is stopped as soon as it is spawned."""
     import multiprocessing.context
 
-    monkeypatch.setattr(job, "START_STALL_S", 1.0)
+    monkeypatch.setattr(processes, "START_STALL_S", 1.0)
     start = multiprocessing.context.SpawnProcess.start
 
     def start_then_stop(self):
@@ -236,8 +236,8 @@ def test_a_worker_that_cannot_be_killed_is_not_waited_for(tmp_path, monkeypatch)
     import multiprocessing
     import multiprocessing.context
 
-    monkeypatch.setattr(job, "STALL_S", 1.0)
-    monkeypatch.setattr(job, "KILL_WAIT_S", 0.5)
+    monkeypatch.setattr(processes, "STALL_S", 1.0)
+    monkeypatch.setattr(processes, "KILL_WAIT_S", 0.5)
     monkeypatch.setattr(multiprocessing.context.SpawnProcess, "kill", lambda self: None)  # the kernel's delay
     monkeypatch.setattr(multiprocessing.context.SpawnProcess, "terminate", lambda self: None)
     stopped = []

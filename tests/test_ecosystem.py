@@ -15,7 +15,7 @@ from omegaconf import OmegaConf, open_dict
 from conftest import ROOT, mlflow_runs, run_cli
 from runner import app, helptext, schema, tracking
 from workloads import Spec, run
-from workloads.job import system_sample
+from workloads.sampler import system_sample
 from workloads.metrics import t95
 
 schema.register()

@@ -57,7 +57,7 @@ def test_result_metrics_units():
 def test_c_loop_buckets_match_the_python_histogram():
     """run_ops adds each latency to its bucket in C: the formula must be metrics.bucket_index."""
     from workloads._hotloop import run_ops
-    from workloads.job import _Recorder
+    from workloads.worker import Recorder as _Recorder
 
     offsets = np.arange(5000, dtype=np.int64) * 4096
     rec_r, rec_w = _Recorder(), _Recorder()

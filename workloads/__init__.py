@@ -5,7 +5,8 @@
     print(result.metrics())
 """
 from .errors import ConfigError, Interrupted, WorkloadError
-from .job import run, worker_loop
+from .job import run
+from .worker import worker_loop
 from .metrics import LatencyHistogram, Result
 from .spec import PATTERNS, DataSpec, Spec
 

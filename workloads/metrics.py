@@ -137,6 +137,8 @@ def combine(results: list["Result"]) -> "Result":
         out.lat_write.merge(r.lat_write)
         out.cpu_s += r.cpu_s
         out.datagen_wait_s += r.datagen_wait_s
+        for k, v in r.counters.items():
+            out.counters[k] = out.counters.get(k, 0.0) + v
         if dev:
             out.device_read_bytes += r.device_read_bytes
             out.device_write_bytes += r.device_write_bytes
@@ -169,6 +171,7 @@ class Result:
     repeat_throughputs: list[float] = field(default_factory=list)  # MiB/s of each repeat
     data_measured: dict = field(default_factory=dict)  # ratios measured in the bytes written
     attachments: dict = field(default_factory=dict)  # name -> text, e.g. an external engine's job file
+    counters: dict = field(default_factory=dict)  # engine counters over the window, e.g. minor_faults
 
     @property
     def latency(self) -> LatencyHistogram:
@@ -201,6 +204,7 @@ class Result:
         if len(self.repeat_throughputs) > 1:
             m.update(repeat_stats(self.repeat_throughputs))
         m.update(self.data_measured)
+        m.update(self.counters)
         if self.device_read_bytes is not None:
             m["device_read_bytes"] = float(self.device_read_bytes)
             m["device_write_bytes"] = float(self.device_write_bytes)

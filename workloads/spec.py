@@ -17,6 +17,7 @@ DATA_KINDS = ("dgen", "zeros")
 PAGE = 4096
 MAX_WRITERS = 256  # beyond this a 2..64-core box only measures its scheduler
 MAX_SECONDS = 7 * 24 * 3600  # a week: longer is a typo, and ns clocks and fio's runtime still hold it
+MAX_IODEPTH = 32768  # IORING_MAX_ENTRIES: the largest ring the kernel makes
 MAX_SEED = 2**63 - 2  # fio takes randseed=seed+1 as a signed 64-bit number
 NAME_MAX, PATH_MAX = 255, 4096  # Linux: bytes per path component, bytes per path (with its NUL)
 
@@ -61,6 +62,7 @@ class Spec:
     pattern: str = "seq_write"
     block_size: int = 1 << 20
     writers: int = 1
+    iodepth: int = 1  # ops in flight per worker (fio iodepth); > 1 needs an engine with a queue (uring)
     size_bytes: int = 256 << 20  # total working set; each writer owns size_bytes // writers
     duration_s: float | None = None  # time-based over the working set (fio time_based)
     ramp_s: float = 0.0  # warm-up excluded from the metrics (fio ramp_time)
@@ -101,6 +103,11 @@ class Spec:
         return self.pattern in ("rand_read", "rand_write", "mixed")
 
     @property
+    def read_only_target(self) -> bool:
+        """Files iosweep did not create and only reads (target=file): never written, never laid out."""
+        return self.target == "file"
+
+    @property
     def needs_layout(self) -> bool:
         """Reads and random writes run over files laid out in full beforehand, as fio does."""
         return self.pattern != "seq_write"
@@ -126,6 +133,10 @@ class Spec:
         positive("writers", self.writers)
         if self.writers > MAX_WRITERS:
             raise ConfigError("writers", self.writers, f"must be <= {MAX_WRITERS}")
+        if isinstance(self.iodepth, bool) or not isinstance(self.iodepth, int) \
+                or not 1 <= self.iodepth <= MAX_IODEPTH:
+            raise ConfigError("iodepth", self.iodepth, f"must be a whole number from 1 to {MAX_IODEPTH} "
+                                                       "(the io_uring ring limit)")
         positive("size_mb", self.size_bytes)
         if self.duration_s is not None:
             seconds("duration_s", self.duration_s)

@@ -1,9 +1,19 @@
 """The Engine contract and its registry, after fio's ioengine_ops.
 
-An in-process engine names how the C hot loop (workloads/_hotloop.c) issues each op: its
-`hot_mode`. An external engine (fio) runs the whole job itself and returns a Result.
+An engine says *how each op is issued*; what is accessed (targets/) and which ops in which order
+(patterns.py) vary independently of it. Two kinds:
+
+- in-process (sync, uring, mmap, null): `issuer()` gives each worker an Issuer, which issues the
+  worker's ops one group at a time through the engine's C issue function (workloads/_hotloop.c)
+  and times each op into the worker's histograms. The worker loop (worker.py) never knows which.
+- external (fio): `run_job()` runs the whole point itself and returns a Result.
+
+Capabilities are declared as class flags (fio's FIO_* ioengine flags); `check()` refuses a spec
+that needs one the engine lacks, in one line, before any I/O.
 """
 from __future__ import annotations
+
+import os
 
 from ..errors import ConfigError
 
@@ -14,14 +24,72 @@ class Engine:
     name = ""
     does_io = True  # False: no files are created (the null engine measures the harness)
     external = False  # True: run_job() replaces the worker loop
+    # capabilities
+    queue_depth = False  # keeps more than one op in flight (iodepth > 1)
+    direct_io = True  # can issue O_DIRECT
+    writes = True  # can write
 
-    hot_mode = 0  # in-process engines: 0 = pread/pwrite, 1 = no I/O
+    def issuer(self, spec, fd: int, base: int) -> "Issuer":
+        """The object that issues one worker's ops on `fd`, whose region starts at byte `base`."""
+        raise NotImplementedError
 
     def run_job(self, spec, target, placement, progress):
         raise NotImplementedError
 
     def check(self, spec) -> None:
         """Raise ConfigError for a spec this engine cannot run (before any I/O)."""
+        if spec.iodepth > 1 and not self.queue_depth:
+            raise ConfigError("iodepth", spec.iodepth, f"needs an async engine: engine=uring (engine={self.name} "
+                                                       "issues one op at a time)")
+        if spec.direct and not self.direct_io:
+            raise ConfigError("direct", True, f"engine={self.name} cannot issue O_DIRECT: set direct=false")
+        if spec.writes and not self.writes:
+            raise ConfigError("pattern", spec.pattern, f"engine={self.name} cannot write: choose a read pattern")
+
+
+class Issuer:
+    """Issues one worker's ops; the base issues them with the C loop run_ops in `hot_mode`.
+
+    run(offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline) issues ops
+    first .. first+count-1 (absolute byte offsets; flags: None or 1 = read per op), writes taking
+    block `wi` onward of `wchunk`, and returns (done, wi, n_read, n_written, err, ret) as run_ops
+    does. An engine with ops in flight completes them before it returns with the write chunk used
+    up, and in drain(), so the caller may refill the chunk.
+    """
+
+    hot_mode = 0  # run_ops: 0 = pread/pwrite, 1 = no I/O
+
+    def __init__(self, spec, fd: int, base: int):
+        from ..data import aligned_buffer
+
+        self.spec, self.fd, self.base = spec, fd, base
+        self.rbuf = aligned_buffer(spec.block_size) if spec.reads else None
+
+    def run(self, offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline):
+        from .._hotloop import run_ops
+
+        return run_ops(self.fd, self.hot_mode, offsets, first, count, flags, wchunk, wi, self.rbuf,
+                       self.spec.block_size, rec_r.counts, rec_r.stats, rec_w.counts, rec_w.stats, timed, stop,
+                       deadline)
+
+    def drain(self, rec_r, rec_w, timed) -> tuple[int, int]:
+        """Complete the ops still in flight; returns (reads, writes) completed. None here."""
+        return 0, 0
+
+    def flush(self) -> None:
+        """What was written reaches the device (fio end_fsync)."""
+        if self.fd >= 0:
+            os.fsync(self.fd)
+
+    def counters(self) -> dict[str, float]:
+        """Engine-specific counters over the measured window (summed across workers), e.g. page faults."""
+        return {}
+
+    def start_window(self) -> None:
+        """The measured window starts now (after ramp_s): counters() counts from here."""
+
+    def close(self) -> None:
+        pass
 
 
 def register(engine_cls):

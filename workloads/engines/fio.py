@@ -22,6 +22,7 @@ from .base import Engine, register
 RW = {"seq_write": "write", "seq_read": "read", "rand_read": "randread", "rand_write": "randwrite",
       "mixed": "randrw"}
 LOG_PREFIX = "fiolog"
+ASYNC_IOENGINES = ("io_uring", "libaio", "posixaio")  # the FIO_IOENGINES that keep iodepth ops in flight
 
 
 # What a path written into fio's job file may hold: fio splits `directory`/`filename` at ':', expands
@@ -63,7 +64,7 @@ def job_file(spec: Spec, placement, logs: Path) -> str:
     else:  # the files iosweep created
         where = [("directory", fio_path("target.dir", placement.scratch)), ("filename_format", "job$jobnum.dat")]
     log = fio_path("TMPDIR", logs / LOG_PREFIX)
-    options = [("ioengine", ioengine), ("rw", RW[spec.pattern]),
+    options = [("ioengine", ioengine), ("iodepth", spec.iodepth), ("rw", RW[spec.pattern]),
                ("bs", spec.block_size), ("size", spec.file_size), ("numjobs", spec.writers), *where,
                ("direct", int(spec.direct)), ("invalidate", 0),  # iosweep evicts (cache=...) itself
                ("fallocate", "none"),  # iosweep's own engines do not preallocate either
@@ -124,8 +125,15 @@ def timeseries(logs: Path, spec: Spec) -> list[dict]:
 class FioEngine(Engine):
     name = "fio"
     external = True
+    queue_depth = True  # passed through as fio's iodepth, for an async engine.ioengine
 
     def check(self, spec: Spec) -> None:
+        super().check(spec)
+        ioengine = spec.ioengine or "psync"
+        if spec.iodepth > 1 and ioengine not in ASYNC_IOENGINES:
+            raise ConfigError("iodepth", spec.iodepth,
+                              f"engine.ioengine={ioengine} is synchronous (fio would run at depth 1): "
+                              f"set engine.ioengine to one of {', '.join(ASYNC_IOENGINES)}")
         if shutil.which("fio") is None:
             raise ConfigError("engine", "fio", "fio is not installed: apt-get install -y fio, or choose engine=sync")
         # the paths the job file will name, refused before any file is created
@@ -136,7 +144,7 @@ class FioEngine(Engine):
             fio_path("target.dir", Path(spec.target_dir).expanduser().absolute())
 
     def run_job(self, spec: Spec, target, placement, progress) -> Result:
-        from ..job import device_counters, prepare_files
+        from ..prepare import device_counters, prepare_files
 
         warnings = prepare_files(spec, placement)
         # fio's job file and logs go to a directory of our own, never into the target

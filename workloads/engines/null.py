@@ -4,11 +4,21 @@ Measures the harness itself (fio's null ioengine): its IOPS are the ceiling of t
 """
 from __future__ import annotations
 
-from .base import Engine, register
+from .base import Engine, Issuer, register
+
+
+class NullIssuer(Issuer):
+    hot_mode = 1  # run_ops: no syscall, every op returns the block size
+
+    def flush(self) -> None:
+        pass
 
 
 @register
 class NullEngine(Engine):
     name = "null"
     does_io = False
-    hot_mode = 1  # run_ops: no syscall, every op returns the block size
+    queue_depth = True  # nothing is in flight, any depth is the same loop: lets a sweep test the harness
+
+    def issuer(self, spec, fd, base):
+        return NullIssuer(spec, fd, base)

@@ -1,10 +1,12 @@
 """Synchronous positional I/O: one pread / pwrite per op, like fio's psync."""
 from __future__ import annotations
 
-from .base import Engine, register
+from .base import Engine, Issuer, register
 
 
 @register
 class SyncEngine(Engine):
     name = "sync"
-    hot_mode = 0  # run_ops: pread/pwrite
+
+    def issuer(self, spec, fd, base):
+        return Issuer(spec, fd, base)

@@ -1,0 +1,113 @@
+"""Before the window: lay out the files a pattern reads, evict them from the page cache, drop
+caches if asked, let the device settle. The same for every engine, so iosweep's loop and fio start
+from the same state. Also the device counters every window is measured with."""
+from __future__ import annotations
+
+import errno
+import os
+import time
+
+import psutil
+
+from .data import write_source
+from .errors import WorkloadError
+from .metrics import MIB
+from .spec import Spec
+
+
+def lay_out(fd: int, spec: Spec, source, base: int = 0) -> None:
+    """Write the worker's region sequentially with the configured data, then fsync: outside the window."""
+    pos, size = 0, spec.file_size
+    while pos < size:
+        chunk = memoryview(source.current_chunk())
+        n = min(len(chunk), size - pos)
+        done = os.pwrite(fd, chunk[:n], base + pos)
+        chunk.release()
+        if done != n:
+            raise OSError(errno.ENOSPC, "short write while laying out the file")
+        pos += n
+        source.advance()
+    os.fsync(fd)
+    source.wait_ns = 0
+
+
+def evict(fd: int, sync: bool = True) -> None:
+    """Drop a file's pages from the page cache. sync: write back our dirty pages first (a file we
+    did not write is only advised: DONTNEED leaves anyone's dirty pages alone)."""
+    if sync:
+        os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+
+
+def prepare_files(spec: Spec, placement) -> list[str]:
+    """Lay out and evict every file, drop caches if asked, let the device settle. Returns warnings."""
+    direct = placement.io_mode in ("direct", "direct-ignored")
+    laid_out = 0  # bytes of the finished files, for the message of a full disk
+    layout = spec.needs_layout and not spec.read_only_target
+    for worker, path in enumerate(placement.worker_paths(spec.writers)):
+        fd = os.open(path, (os.O_RDWR if layout else os.O_RDONLY) | (os.O_DIRECT if direct else 0))
+        try:
+            if layout:
+                source = write_source(spec, worker)
+                try:
+                    lay_out(fd, spec, source, placement.offset(worker, spec.file_size))
+                finally:
+                    source.close()
+            if spec.cache != "warm":
+                evict(fd, sync=not spec.read_only_target)
+        except OSError as e:  # a full disk (or an I/O error) while laying out: one line, as in the window
+            partial = os.fstat(fd).st_size if placement.shared_path is None else 0
+            raise WorkloadError(describe_error({"errno": e.errno, "message": e.strerror or str(e),
+                                                "bytes_done": laid_out + partial}, placement)) from None
+        finally:
+            os.close(fd)
+        laid_out += spec.file_size
+    warnings = []
+    if spec.cache == "drop":
+        why = drop_caches()
+        if why:
+            warnings.append(why)
+    if layout:
+        settle(placement.device)
+    return warnings
+
+
+def settle(device: str | None, limit_s: float = 5.0) -> None:
+    """Wait until the device has written nothing for 0.3 s (at most limit_s): layout writeback
+    must not spill into the measured window."""
+    os.sync()
+    last, deadline = device_counters(device), time.monotonic() + limit_s
+    while last is not None and time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = device_counters(device)
+        if now[1] == last[1]:
+            return
+        last = now
+
+
+def device_counters(device: str | None) -> tuple[int, int] | None:
+    if device is None:
+        return None
+    counters = psutil.disk_io_counters(perdisk=True).get(device)
+    return (counters.read_bytes, counters.write_bytes) if counters else None
+
+
+def drop_caches() -> str | None:
+    """Write back and drop the whole page cache. None if done, else why not."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return None
+    except OSError as e:
+        return f"cache=drop: cannot write /proc/sys/vm/drop_caches ({e.strerror}); evicted the run's files only"
+
+
+def describe_error(err: dict, placement) -> str:
+    """One line for an I/O error a worker (or the layout) met: where, after how much, which errno."""
+    where = placement.scratch or placement.mount.mountpoint
+    done = err["bytes_done"] / MIB
+    if err["errno"] == errno.ENOSPC:
+        return f"no space left on {where} after {done:.0f} MiB written"
+    name = errno.errorcode.get(err["errno"], "") if err["errno"] else ""
+    return f"I/O error on {where} after {done:.0f} MiB: {err['message']}" + (f" ({name})" if name else "")

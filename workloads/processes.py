@@ -1,0 +1,334 @@
+"""Run a point's workers as processes: spawn `writers` of them, release them together, gather.
+
+Workers are processes started with spawn (threads collapse on cached small I/O under the GIL;
+fork after dgen-py has run can hang). Each opens its file, gets its engine's issuer, buffers and
+op plan, says so, and waits for the start (the parent closes a pipe they all watch), so start-up
+is never timed. Between "all prepared" and the start the parent reads the device counters. The
+window runs from the start (plus ramp_s) to the end of the last worker.
+
+Every wait on a worker is bounded (see START_STALL_S...): a stopped or stuck worker is named and
+killed, never waited for forever. Workers die with their parent (PR_SET_PDEATHSIG).
+"""
+from __future__ import annotations
+
+import ctypes
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import signal
+import time
+
+import psutil
+
+from .errors import Interrupted, WorkloadError
+from .metrics import LatencyHistogram, Result
+from .prepare import describe_error, device_counters, prepare_files
+from .sampler import Sampler
+from .spec import Spec
+from .worker import Aborted, worker_loop
+
+POLL_S = 0.05
+
+# Every wait on a worker is bounded, so a worker that is stopped (SIGSTOP, a debugger) or stuck in
+# uninterruptible I/O can never hang the run:
+START_STALL_S = 120.0  # no further worker got ready for this long: spawning one and importing
+#                        numpy takes seconds even on a loaded machine, so two minutes means stuck
+RUN_GRACE_S = 30.0  # after a timed run's deadline: the final fsync (fio's end_fsync) of what the
+#                     page cache holds, and sending the result, fit in this on any working disk
+STALL_S = 30.0  # a worker whose op counter has not moved for this long while others already
+#                 finished is stuck: it publishes progress every <= 256 ops or 16 MiB
+REAP_GRACE_S = 2.0  # asked to stop, a worker returns after its current group of ops
+TERM_GRACE_S = 1.0  # then SIGTERM; a stopped process only dies of...
+KILL_WAIT_S = 2.0  # ...SIGKILL; one in uninterruptible I/O dies when that I/O ends: not waited for
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel SIGKILL this worker when its parent dies (kill -9 included), so no worker
+    is left blocking; then close the race of a parent that died before the request took effect."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the loop's ppid checks remain
+        pass
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _worker_main(spec, worker, path, direct, base, shared, go, out, parent):
+    """Process entry point: the parent handles Ctrl-C / SIGHUP and tells workers through `stop`."""
+    _die_with_parent(parent)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the parent stops us
+    result = {"worker": worker, "error": None}
+
+    def wait_start():
+        shared.prepared[worker] = 1
+        go.poll(None)  # the parent closes its end of the pipe: every worker wakes at once
+        shared.starts[worker] = time.perf_counter_ns()
+
+    try:
+        result = worker_loop(spec, worker, path, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
+                             base=base)
+        result["error"] = None
+    except Aborted:
+        result["aborted"] = True
+    except OSError as e:
+        result["error"] = {"errno": e.errno, "message": e.strerror or str(e),
+                           "bytes_done": shared.ops_done[worker] * spec.block_size}
+    except BaseException as e:  # a bug: report it with its type, the parent raises it
+        result["error"] = {"errno": None, "message": f"{type(e).__name__}: {e}",
+                           "bytes_done": shared.ops_done[worker] * spec.block_size}
+    finally:
+        out.send(result)
+        out.close()
+
+
+class _Shared:
+    """What the parent and its workers share: start protocol, progress counters, stop flag.
+
+    Plain shared memory and pipes, no multiprocessing Event or Queue: those are named POSIX
+    semaphores (/dev/shm/sem.mp-*) that outlive a killed parent whose resource tracker died too,
+    and a worker stopped while holding one of their locks blocks the parent."""
+
+    def __init__(self, ctx, n: int):
+        self.prepared, self.ops_done, self.starts = ctx.RawArray("b", n), ctx.RawArray("q", n), ctx.RawArray("q", n)
+        self.stop = ctx.RawValue("b", 0)
+        self.go_wait, self.go = ctx.Pipe(duplex=False)  # closing `go` starts every worker at once
+        self.results = [ctx.Pipe(duplex=False) for _ in range(n)]  # one (reader, writer) per worker
+
+    def __getstate__(self):  # what a worker gets: never the pipes, or a write end would outlive its owner
+        return {k: v for k, v in self.__dict__.items() if k not in ("go_wait", "go", "results")}
+
+    def release(self) -> None:
+        self.go.close()
+
+    @property
+    def released(self) -> bool:
+        return self.go.closed
+
+
+def run_workers(spec: Spec, placement, progress) -> Result:
+    paths = [str(p) for p in placement.worker_paths(spec.writers)]
+    warnings = prepare_files(spec, placement) if paths else []
+    ctx = mp.get_context("spawn")
+    n = spec.writers
+    shared = _Shared(ctx, n)
+    direct = placement.io_mode in ("direct", "direct-ignored")
+    paths = paths or [None] * n
+    procs = [ctx.Process(target=_worker_main, name=f"iosweep-worker-{w}", daemon=True,
+                         args=(spec, w, paths[w], direct, placement.offset(w, spec.file_size), shared, shared.go_wait,
+                               shared.results[w][1], os.getpid()))
+             for w in range(n)]
+    conns = [reader for reader, _ in shared.results]
+    got: dict[int, dict] = {}
+    sampler = Sampler(spec, shared.ops_done, shared.starts, progress, placement.device)
+    watch = _Watch(spec, procs, shared)
+    dev0 = dev1 = None
+    try:
+        for p, (_, writer) in zip(procs, shared.results):
+            p.start()
+            writer.close()  # the worker holds the only write end: its death reads as EOF here
+        shared.go_wait.close()
+        _collect(got, procs, conns, shared, until=lambda: all(shared.prepared) or len(got) == n, watch=watch)
+        if not any(o.get("error") for o in got.values()):
+            dev0 = device_counters(placement.device)
+            watch.started()
+            shared.release()
+            _collect(got, procs, conns, shared, until=lambda: len(got) == n, sampler=sampler, watch=watch)
+            sampler.poll(final=True)
+            dev1 = device_counters(placement.device)
+    except (KeyboardInterrupt, Interrupted, Stuck) as e:
+        started = shared.released
+        _stop(shared, procs, conns, got)  # workers return after their current op
+        measured = [o for o in got.values() if "hist_r" in o]
+        partial = None
+        if started and measured:
+            partial = _merge(spec, measured, placement, sampler.rows)
+            partial.info["stopped"] = True
+            partial.warnings[:0] = warnings + _missing(n, measured)
+            partial.set_device_traffic(_window_start(spec, dev0, sampler), device_counters(placement.device))
+        if isinstance(e, Stuck):
+            failed = WorkloadError(str(e))
+            failed.partial = partial  # the run fails, what the other workers measured is kept
+            raise failed from None
+        raise Interrupted(e.signum if isinstance(e, Interrupted) else signal.SIGINT, partial) from None
+    finally:
+        _stop(shared, procs, conns, got)
+    errors = [o for o in got.values() if o.get("error")]
+    if errors:
+        raise WorkloadError(describe_error(errors[0]["error"], placement))
+    result = _merge(spec, list(got.values()), placement, sampler.rows)
+    result.warnings[:0] = warnings
+    result.set_device_traffic(_window_start(spec, dev0, sampler), dev1)
+    return result
+
+
+def _missing(n: int, measured: list[dict]) -> list[str]:
+    """A warning naming the workers whose figures are not in a partial result."""
+    have = {o["worker"] for o in measured}
+    lost = [str(w) for w in range(n) if w not in have]
+    return [f"worker {', '.join(lost)} returned nothing (stuck or killed): its ops are not in these figures"] \
+        if lost else []
+
+
+def _window_start(spec: Spec, dev_at_go, sampler: Sampler):
+    """Device counters where the metrics' window starts: at the start, or when ramp_s ended."""
+    return sampler.dev_after_ramp if spec.ramp_s else dev_at_go
+
+
+class Stuck(WorkloadError):
+    """A worker stopped making progress; the message names it."""
+
+
+class _Watch:
+    """Bounds every wait on the workers (see START_STALL_S, RUN_GRACE_S, STALL_S): names a stuck one."""
+
+    def __init__(self, spec: Spec, procs, shared):
+        self.spec, self.procs, self.shared = spec, procs, shared
+        self.deadline = None
+        self.last_ready, self.ready_since = 0, time.monotonic()
+        self.ops = [0] * len(procs)
+        self.moved = [time.monotonic()] * len(procs)
+
+    def started(self) -> None:
+        now = time.monotonic()
+        self.moved = [now] * len(self.procs)
+        if self.spec.duration_s:
+            self.deadline = now + self.spec.ramp_s + self.spec.duration_s + RUN_GRACE_S
+
+    def check(self, got: dict) -> None:
+        """Raise WorkloadError naming the first worker that is stuck."""
+        now = time.monotonic()
+        pending = [w for w in range(len(self.procs)) if w not in got]
+        if not self.shared.released:  # the start barrier
+            ready = sum(self.shared.prepared)
+            if ready != self.last_ready:
+                self.last_ready, self.ready_since = ready, now
+            elif now - self.ready_since > START_STALL_S:
+                w = next(w for w in pending if not self.shared.prepared[w])
+                self._stuck(w, f"did not get ready within {START_STALL_S:.0f} s")
+            return
+        for w in pending:
+            if self.shared.ops_done[w] != self.ops[w]:
+                self.ops[w], self.moved[w] = self.shared.ops_done[w], now
+        for w in pending:
+            if self.deadline is not None and now > self.deadline:
+                self._stuck(w, f"was still running {RUN_GRACE_S:.0f} s after the run's end")
+            if now - self.moved[w] > STALL_S and got:
+                self._stuck(w, f"made no progress for {STALL_S:.0f} s while {len(got)} other(s) finished")
+            if now - self.moved[w] > STALL_S and _stopped(self.procs[w]):  # e.g. the only worker of a sized run
+                self._stuck(w, f"was stopped for {STALL_S:.0f} s")
+
+    def _stuck(self, w: int, why: str):
+        pid = self.procs[w].pid
+        try:
+            state = psutil.Process(pid).status()
+        except psutil.Error:
+            state = "gone"
+        raise Stuck(f"worker {w} (pid {pid}, {state}) {why}: killed it; "
+                            f"its {self.shared.ops_done[w]} ops are not in the figures")
+
+
+def _receive(w: int, conns, procs, got: dict) -> dict | None:
+    """Read worker w's result; None if it died without sending one."""
+    try:
+        out = conns[w].recv()
+    except (EOFError, OSError):
+        return None
+    got[w] = out
+    return out
+
+
+def _collect(got: dict, procs, conns, shared, until, sampler=None, watch=None) -> None:
+    """Gather worker results until `until()` or a worker fails; notice workers that died or hang."""
+    while not until():
+        waiting = [conns[w] for w in range(len(conns)) if w not in got]
+        for conn in mp.connection.wait(waiting, timeout=POLL_S):
+            w = conns.index(conn)
+            out = _receive(w, conns, procs, got)
+            if out is None:
+                procs[w].join(1.0)
+                raise WorkloadError(f"worker {w} died without a result (exit code {procs[w].exitcode})")
+            if out.get("error"):
+                shared.stop.value = 1
+                return
+        if sampler is not None:
+            sampler.poll()
+        if watch is not None:
+            watch.check(got)
+
+
+def _stop(shared, procs, conns, got: dict) -> None:
+    """Tell every worker to stop (releasing any still waiting to start), then reap them."""
+    shared.stop.value = 1
+    shared.release()
+    _reap(procs, conns, got)
+
+
+def _reap(procs, conns, got: dict) -> None:
+    """Let workers finish (reading what they still send, so none blocks on a full pipe), then end
+    them: SIGTERM, then SIGKILL, every wait bounded. Once they are all reaped this returns at once."""
+    if all(p.exitcode is not None for p in procs) and all(c.closed for c in conns):
+        return
+    deadline = time.monotonic() + REAP_GRACE_S
+    while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+        for p in procs:
+            if _stopped(p):  # SIGSTOP or a debugger: it will not return, and only SIGKILL ends it
+                p.kill()
+        waiting = [c for w, c in enumerate(conns) if w not in got and not c.closed]
+        if not waiting:
+            time.sleep(0.05)
+        for conn in mp.connection.wait(waiting, timeout=0.05) if waiting else []:
+            if _receive(conns.index(conn), conns, procs, got) is None:
+                conn.close()  # died without a result
+    for sig_wait, end in ((TERM_GRACE_S, "terminate"), (KILL_WAIT_S, "kill")):
+        alive = [p for p in procs if p.is_alive()]
+        for p in alive:
+            getattr(p, end)()
+        until = time.monotonic() + sig_wait
+        for p in alive:
+            p.join(max(0.0, until - time.monotonic()))
+    for p in procs:
+        if p.is_alive():  # in uninterruptible I/O: it dies when that ends; multiprocessing would
+            mp.process._children.discard(p)  # join it at exit without a timeout: forget it instead
+    for w, conn in enumerate(conns):  # results flushed just before their worker exited
+        if w not in got and not conn.closed and procs[w].exitcode is not None and conn.poll(0):
+            _receive(w, conns, procs, got)
+        conn.close()
+
+
+def _stopped(p) -> bool:
+    try:
+        return p.is_alive() and psutil.Process(p.pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_TRACING_STOP)
+    except psutil.Error:
+        return False
+
+
+def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> Result:
+    hist_r, hist_w = LatencyHistogram(), LatencyHistogram()
+    for o in outs:
+        hist_r.merge(o["hist_r"])
+        hist_w.merge(o["hist_w"])
+    ops_r, ops_w = sum(o["ops_r"] for o in outs), sum(o["ops_w"] for o in outs)
+    t_measure = min(o["t_measure"] for o in outs)
+    t_end = max(o["t_end"] for o in outs)
+    return Result(
+        elapsed_s=(t_end - t_measure) / 1e9,
+        bytes_read=ops_r * spec.block_size, bytes_written=ops_w * spec.block_size,
+        ops_read=ops_r, ops_written=ops_w, lat_read=hist_r, lat_write=hist_w,
+        io_mode=placement.io_mode, cpu_s=sum(o["cpu_s"] for o in outs),
+        datagen_wait_s=sum(o["datagen_wait_ns"] for o in outs) / 1e9,
+        timeseries=timeseries,
+        info={"stopped": any(o.get("stopped") for o in outs), "ramp_done": all(o["ramp_done"] for o in outs)},
+        counters=merge_counters([o.get("counters") or {} for o in outs]),
+    )
+
+
+def merge_counters(per_worker: list[dict]) -> dict[str, float]:
+    """Engine counters (page faults, ...) add up across workers."""
+    out: dict[str, float] = {}
+    for c in per_worker:
+        for k, v in c.items():
+            out[k] = out.get(k, 0.0) + float(v)
+    return out

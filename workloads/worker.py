@@ -1,0 +1,150 @@
+"""One worker's measured loop: open its file, wait for the start, issue its ops through the engine's
+Issuer group by group, return plain counters and histograms.
+
+`worker_loop()` takes a spec, a file and a start signal and returns a plain dict, so an MPI rank
+or a batch task can run it without the process management of processes.py. It knows neither the
+engine (engines/: how each op is issued) nor the pattern (patterns.py: which ops in which order).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import time
+
+import numpy as np
+
+from . import engines
+from .data import write_source
+from .metrics import N_BUCKETS, LatencyHistogram
+from .patterns import op_chunks
+from .prepare import evict, lay_out
+from .spec import Spec
+
+GROUP_BYTES = 16 << 20  # publish progress / check the clock about every 16 MiB...
+GROUP_MAX_OPS = 256  # ...or every 256 ops, whichever comes first
+NEVER = 1 << 62
+
+
+class Aborted(Exception):
+    """Another worker failed before the start, or the run was stopped."""
+
+
+class Recorder:
+    """What an issuer fills per direction: histogram counts and sum / min / max, in place."""
+
+    def __init__(self):
+        self.counts = np.zeros(N_BUCKETS, dtype=np.int64)
+        self.stats = np.array([0, np.iinfo(np.int64).max, 0], dtype=np.int64)
+
+    def histogram(self) -> LatencyHistogram:
+        total = int(self.counts.sum())
+        return LatencyHistogram(counts=self.counts, total=total, sum_ns=int(self.stats[0]),
+                                min_ns=int(self.stats[1]) if total else 0, max_ns=int(self.stats[2]))
+
+
+def cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)  # all threads, the dgen producer included
+    return ru.ru_utime + ru.ru_stime
+
+
+def open_flags(spec: Spec, direct: bool) -> int:
+    """Read-only where nothing is written (a file iosweep must not change), else read-write."""
+    writable = spec.writes or (spec.needs_layout and not spec.read_only_target)
+    return (os.O_RDWR if writable else os.O_RDONLY) | (os.O_DIRECT if direct else 0)
+
+
+def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_start, ops_done=None,
+                stop=None, prepared: bool = False, base: int = 0) -> dict:
+    """Prepare (unless `prepared`: the caller laid out and evicted the file), wait for
+    `wait_start()`, run the measured loop over the region starting at `base`, return counters
+    and histograms."""
+    bs = spec.block_size
+    engine = engines.get(spec.engine)
+    fd = os.open(path, open_flags(spec, direct)) if path is not None else -1
+    must_lay_out = spec.needs_layout and fd >= 0 and not prepared and not spec.read_only_target
+    # the layout is the data stream's first pass; the measured writes continue after it
+    wsrc = write_source(spec, worker, first_pass=int(spec.needs_layout and prepared)) \
+        if (spec.writes or must_lay_out) else None
+    issuer = None
+    try:
+        if must_lay_out:
+            lay_out(fd, spec, wsrc, base)
+        if fd >= 0 and spec.cache != "warm" and not prepared:
+            evict(fd, sync=not spec.read_only_target)
+        issuer = engine.issuer(spec, fd, base)
+        rec_r, rec_w = Recorder(), Recorder()  # filled in place by the issuer
+        ops_r = ops_w = wi = 0
+        wchunk = wsrc.current_chunk() if spec.writes else None
+        wper = len(wchunk) // bs if wchunk is not None else 0
+        group = max(1, min(GROUP_MAX_OPS, GROUP_BYTES // bs))
+        timed = spec.latency
+        clock = time.perf_counter_ns  # CLOCK_MONOTONIC, the clock the C loops read too
+        parent = os.getppid()
+
+        wait_start()
+        if stop is not None and stop.value:
+            raise Aborted()
+        t_start = clock()
+        ramp_end = t_start + int(spec.ramp_s * 1e9)
+        deadline = ramp_end + int(spec.duration_s * 1e9) if spec.duration_s else NEVER
+        measuring = spec.ramp_s <= 0
+        t_measure, cpu0, wait0 = t_start, cpu_s(), (wsrc.wait_ns if wsrc else 0)
+        if measuring:
+            issuer.start_window()
+        total_ops = 0
+        finished = False
+        for offsets, flags in op_chunks(spec, worker):
+            if base:
+                offsets = offsets + base
+            flags = flags.view(np.uint8) if flags is not None else None
+            pos = 0
+            while pos < len(offsets):
+                done, wi, n_r, n_w, err, ret = issuer.run(offsets, pos, min(group, len(offsets) - pos), flags, wchunk,
+                                                          wi, rec_r, rec_w, timed, stop,
+                                                          0 if deadline == NEVER else deadline)
+                pos += done
+                total_ops += done
+                ops_r += n_r
+                ops_w += n_w
+                if err:
+                    raise OSError(err, os.strerror(err)) if err > 0 else \
+                        OSError(errno.ENOSPC if spec.writes else errno.EIO, f"short I/O: {ret} of {bs} bytes")
+                if wi == wper and wchunk is not None:
+                    wchunk, wi = wsrc.advance(), 0
+                if ops_done is not None:
+                    ops_done[worker] = total_ops
+                t1 = clock()
+                if not measuring and t1 >= ramp_end:  # warm-up over: forget what it measured
+                    rec_r, rec_w, ops_r, ops_w = Recorder(), Recorder(), 0, 0
+                    measuring, t_measure, cpu0 = True, t1, cpu_s()
+                    wait0 = wsrc.wait_ns if wsrc else 0
+                    issuer.start_window()
+                if t1 >= deadline or (stop is not None and stop.value) or os.getppid() != parent:
+                    finished = True  # time is up, the parent asked us to stop, or it died
+                    break
+            if finished:
+                break
+        n_r, n_w = issuer.drain(rec_r, rec_w, timed)  # ops still in flight complete inside the window
+        ops_r += n_r
+        ops_w += n_w
+        hist_r, hist_w = rec_r.histogram(), rec_w.histogram()
+        if spec.writes and fd >= 0 and spec.end_fsync:
+            issuer.flush()  # written data reaches the device inside the window (fio end_fsync)
+        t_end = clock()
+        counters = issuer.counters()
+        if not measuring:  # the run ended inside the warm-up: nothing was measured
+            hist_r, hist_w, t_measure, ops_r, ops_w = LatencyHistogram(), LatencyHistogram(), t_end, 0, 0
+            counters = {}
+        return {"worker": worker, "t_start": t_start, "t_measure": t_measure, "t_end": t_end,
+                "hist_r": hist_r, "hist_w": hist_w, "ops_r": ops_r, "ops_w": ops_w,
+                "cpu_s": cpu_s() - cpu0, "ops_total": total_ops, "counters": counters,
+                "datagen_wait_ns": (wsrc.wait_ns if wsrc else 0) - wait0, "ramp_done": measuring,
+                "stopped": bool(stop is not None and stop.value)}
+    finally:
+        if issuer is not None:
+            issuer.close()
+        if wsrc is not None:
+            wsrc.close()
+        if fd >= 0:
+            os.close(fd)
