@@ -99,11 +99,12 @@ def ratio_table(rows: list[dict]) -> str:
 
 # ---- the sweep summary: one row per point, findings, plots ----------------------------------
 
-KEY_METRICS = ("throughput_mib_s", "iops", "lat_p50_us", "lat_p99_us", "cpu_util_pct", "elapsed_s")
+KEY_METRICS = ("throughput_mib_s", "iops", "lat_mean_us", "lat_p50_us", "lat_p99_us", "cpu_util_pct", "elapsed_s")
 REPEAT_METRICS = ("repeats", "throughput_mib_s_std", "throughput_mib_s_ci95_low", "throughput_mib_s_ci95_high")
 NUMERIC_AXES = ("block_kb", "writers", "iodepth", "size_mb", "duration_s", "pattern.read_pct",
                 "data.compress_ratio", "data.dedup_ratio")
-KNEE_GAIN = 0.10  # "beyond this block size, throughput gains < 10%"
+KNEE_GAIN = 0.10  # "beyond this block size, throughput gains < 10%"; the same for IOPS per iodepth step
+LITTLE_TOLERANCE = 0.15  # Little's law: IOPS x mean latency within 15% of the ops kept in flight
 # Settings a plot names when every point shares them (from the points' params), in this order.
 SHOWN_SETTINGS = ("pattern", "pattern.read_pct", "engine", "target", "direct", "cache", "end_fsync", "block_kb",
                   "iodepth", "writers", "size_mb", "duration_s", "ramp_s", "repeats", "data", "data.compress_ratio",
@@ -294,6 +295,51 @@ def knee(series: list[tuple[float, dict]]) -> tuple[float | None, str]:
     return k, f"Beyond {k:g} KiB blocks throughput gains < {pct} per step"
 
 
+def depth_knee(series: list[tuple[float, dict]]) -> str:
+    """Where more ops in flight stop paying: the smallest iodepth after which no step gains >=
+    KNEE_GAIN in IOPS, with what the steps beyond it cost in p99 latency."""
+    def gain(a: dict, b: dict) -> float:
+        return b["iops"] / a["iops"] - 1 if a["iops"] > 0 else float("inf")
+
+    steps = [(x0, x1, gain(r0, r1)) for (x0, r0), (x1, r1) in zip(series, series[1:])]
+    big = [i for i, (_, _, g) in enumerate(steps) if g >= KNEE_GAIN]
+    pct = f"{100 * KNEE_GAIN:.0f}%"
+    if big and big[-1] == len(steps) - 1:
+        return f"IOPS still gain >= {pct} at iodepth {steps[-1][1]:g}: the device takes more depth than this sweep gave"
+    k = steps[big[-1]][1] if big else series[0][0]
+    at_knee = next(r for x, r in series if x == k)
+    last_x, last = series[-1]
+    p99_up = last["lat_p99_us"] / at_knee["lat_p99_us"] if at_knee["lat_p99_us"] > 0 else float("nan")
+    return (f"Beyond iodepth {k:g} IOPS gain < {pct} per step ({at_knee['iops']:.0f} at {k:g}, {last['iops']:.0f} at "
+            f"{last_x:g}) while p99 latency grows {p99_up:.1f}x ({at_knee['lat_p99_us']:.0f} -> "
+            f"{last['lat_p99_us']:.0f} µs)")
+
+
+def littles_law(series: list[tuple[float, dict]]) -> list[str]:
+    """Little's law, L = IOPS x mean latency, against the ops the engine kept in flight
+    (writers x iodepth): a point far below it did not keep its queue full (the submitting loop,
+    not the device, was the limit); far above, the latency misses time the op was in flight."""
+    out = []
+    for depth, r in series:
+        writers = _num(str(r.get("writers") or (r.get("_params") or {}).get("writers") or 1))
+        lat = r.get("lat_mean_us", float("nan"))
+        if not lat == lat or r["iops"] <= 0 or not isinstance(writers, float):
+            continue
+        in_flight = r["iops"] * lat / 1e6
+        expected = depth * writers
+        if abs(in_flight / expected - 1) > LITTLE_TOLERANCE:
+            out.append(f"Little's law at iodepth {depth:g}: IOPS x mean latency = {in_flight:.1f} ops in flight, "
+                       f"not {expected:g} (the queue was not kept full: the submitting side, not the device, limited it)"
+                       if in_flight < expected else
+                       f"Little's law at iodepth {depth:g}: IOPS x mean latency = {in_flight:.1f} ops in flight, more "
+                       f"than the {expected:g} issued: latency counts time outside the device queue")
+    if series and not out:
+        checked = ", ".join(f"{d:g}" for d, r in series)
+        out.append(f"Little's law holds within {100 * LITTLE_TOLERANCE:.0f}% at iodepth {checked}: IOPS x mean latency "
+                   "= the ops kept in flight")
+    return out
+
+
 def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[str]:
     """What the sweep says, from the valid points of its table and its engine_ratios()."""
     axes = sweep_axes(columns)
@@ -334,6 +380,11 @@ def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[
         for key, series in _series(table, axes, "block_kb").items():
             if len(series) >= 2:
                 out.append(f"{knee(series)[1]} ({_label(key)})")
+    if "iodepth" in axes:
+        for key, series in _series(table, axes, "iodepth").items():
+            if len(series) >= 2:
+                out.append(f"{depth_knee(series)} ({_label(key)})")
+            out += [f"{line} ({_label(key)})" for line in littles_law(series)]
     if "pattern" in axes:
         others = [a for a in axes if a != "pattern"]
         by_key: dict[tuple, dict[str, float]] = {}  # the other axes' values -> pattern -> MiB/s
@@ -467,8 +518,11 @@ def plots(columns: list[str], table: list[dict], out_dir) -> list:
             return [100 * r["throughput_mib_s"] / (x * base) if base else float("nan") for x, r in pts]
         line_plot("writers", "throughput_mib_s", "scaling efficiency (%)", "scaling_efficiency_vs_writers.png",
                   transform=efficiency)
+    if "iodepth" in numeric:
+        line_plot("iodepth", "iops", "IOPS", "iops_vs_iodepth.png")
+        line_plot("iodepth", "lat_p99_us", "p99 latency (µs)", "p99_vs_iodepth.png", logy=True)
     for x in numeric:
-        if x not in ("block_kb", "writers"):
+        if x not in ("block_kb", "writers", "iodepth"):
             line_plot(x, "throughput_mib_s", "throughput (MiB/s)", f"throughput_vs_{x}.png")
     for x in axes:
         if x not in numeric:

@@ -12,6 +12,11 @@ from workloads.spec import MAX_SECONDS, path_problem
     ({"block_size": 1536}, "block_kb"),
     ({"writers": 0}, "writers"),
     ({"writers": 100000}, "writers"),
+    ({"iodepth": 0}, "iodepth"),
+    ({"iodepth": -1}, "iodepth"),
+    ({"iodepth": 100000}, "iodepth"),  # beyond the io_uring ring limit
+    ({"iodepth": "abc"}, "iodepth"),
+    ({"iodepth": 2.5}, "iodepth"),
     ({"size_bytes": 0}, "size_mb"),
     ({"size_bytes": 1 << 20, "block_size": 4 << 20}, "size_mb"),
     ({"duration_s": 0}, "duration_s"),
@@ -72,3 +77,27 @@ def test_path_problem_names_the_file_in_the_way(tmp_path):
     with pytest.raises(ConfigError) as e:
         Spec(target_dir=str(blocker / "scratch")).check()
     assert e.value.key == "target.dir" and str(blocker) in str(e.value)
+
+
+@pytest.mark.parametrize("engine, kwargs, says", [
+    ("sync", {"iodepth": 32}, "iodepth=32: needs an async engine: engine=uring (engine=sync issues one op at a time)"),
+    ("fio", {"iodepth": 8}, "engine.ioengine=psync is synchronous"),
+    ("fio", {"iodepth": 8, "ioengine": "sync"}, "engine.ioengine=sync is synchronous"),
+])
+def test_an_engine_without_the_capability_is_refused_before_any_io(engine, kwargs, says):
+    from workloads import engines
+
+    with pytest.raises(ConfigError) as e:
+        engines.get(engine).check(Spec(engine=engine, **kwargs).check())
+    assert e.value.key == "iodepth" and says in str(e.value)
+
+
+def test_fio_takes_iodepth_with_an_async_ioengine_and_writes_it_to_the_job(tmp_path):
+    from workloads import engines
+    from workloads.engines.fio import job_file
+    from workloads.targets.base import Mount, Placement
+
+    spec = Spec(engine="fio", ioengine="io_uring", iodepth=16, target_dir=str(tmp_path)).check()
+    engines.get("fio").check(spec)
+    placement = Placement(scratch=tmp_path, mount=Mount("/", "ext4", "", "", "0:0"), device=None, io_mode="buffered")
+    assert "iodepth=16" in job_file(spec, placement, tmp_path).splitlines()

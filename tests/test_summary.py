@@ -237,3 +237,34 @@ def test_fixed_settings_read_the_points_result_json_when_the_points_carry_no_par
     fixed = summary.fixed_settings(*summary.rows(pts), tmp_path)
     assert "direct=false" in fixed  # as typed on the command line, not Python's False
     assert fixed.startswith("pattern=seq_write engine=sync") and "size_mb=256" in fixed and "block_kb" not in fixed
+
+
+def _depth_point(depth, iops, lat_mean_us, p99, writers=1):
+    return {"overrides": [f"iodepth={depth}", "engine=uring"], "status": "FINISHED", "valid": True,
+            "params": {"writers": str(writers)}, "error": "", "run_id": f"r{depth}",
+            "metrics": {"throughput_mib_s": iops * 4 / 1024, "iops": iops, "lat_mean_us": lat_mean_us,
+                        "lat_p50_us": lat_mean_us, "lat_p99_us": p99, "cpu_util_pct": 50.0, "elapsed_s": 5.0}}
+
+
+def test_depth_sweep_names_the_knee_and_checks_littles_law(tmp_path):
+    # IOPS 14k -> 46k -> 50k: the knee is 8 (the last step adds < 10%) while p99 rises 3x
+    pts = [_depth_point(1, 14000, 1e6 * 1 / 14000, 100), _depth_point(8, 46000, 1e6 * 8 / 46000, 300),
+           _depth_point(32, 50000, 1e6 * 32 / 50000, 900)]
+    columns, table = summary.rows(pts)
+    lines = summary.findings(columns, table, [])
+    knee = [line for line in lines if "Beyond iodepth" in line]
+    assert knee and knee[0].startswith("Beyond iodepth 8 IOPS gain < 10%") and "3.0x" in knee[0]
+    assert any("Little's law holds" in line for line in lines)
+    # a point whose loop could not keep its queue full: 32 in flight asked, 8 measured
+    pts[2] = _depth_point(32, 50000, 1e6 * 8 / 50000, 900)
+    columns, table = summary.rows(pts)
+    lines = summary.findings(columns, table, [])
+    assert any("Little's law at iodepth 32" in line and "8.0 ops in flight, not 32" in line for line in lines)
+    made = summary.plots(columns, table, tmp_path)
+    assert {"iops_vs_iodepth.png", "p99_vs_iodepth.png"} <= {p.name for p in made}
+
+
+def test_depth_still_gaining_says_so():
+    pts = [_depth_point(1, 10000, 100, 100), _depth_point(2, 20000, 100, 120, writers=1)]
+    columns, table = summary.rows(pts)
+    assert any("IOPS still gain >= 10% at iodepth 2" in line for line in summary.findings(columns, table, []))
