@@ -219,7 +219,8 @@ out:
  *   Latency = from when the submitting io_uring_enter returned to the reap of the CQE: fio's clat
  *   (fio stamps issue_time right after that syscall, fio_ioring_queued).
  * uring_drain(ring, hist_r, stats_r, hist_w, stats_w, timed) -> (nr, nw, err, ret): complete all in flight.
- * uring_enters(ring) -> io_uring_enter calls so far; uring_close(ring); uring_probe(depth, sqpoll) -> errno.
+ * uring_enters(ring) -> io_uring_enter calls so far; uring_inflight(ring) -> (ops, writes) in flight;
+ * uring_close(ring); uring_probe(depth, sqpoll) -> 0 or the errno of io_uring_setup.
  */
 #include <linux/io_uring.h>
 #include <sys/mman.h>
@@ -755,6 +756,14 @@ static PyObject *uring_enters(PyObject *self, PyObject *args) {
     return PyLong_FromLongLong(r->enters);
 }
 
+static PyObject *uring_inflight(PyObject *self, PyObject *args) {
+    PyObject *ring_o;
+    if (!PyArg_ParseTuple(args, "O", &ring_o)) return NULL;
+    struct uring *r = PyCapsule_GetPointer(ring_o, CAPSULE);
+    if (!r) return NULL;
+    return Py_BuildValue("ii", r->inflight, r->inflight_w);
+}
+
 /* 0 when a ring of `depth` entries can be set up here, else the errno io_uring_setup gave. */
 static PyObject *uring_probe(PyObject *self, PyObject *args) {
     int depth, sqpoll;
@@ -778,6 +787,7 @@ static PyMethodDef methods[] = {
     {"uring_drain", uring_drain, METH_VARARGS, "Complete every op still in flight."},
     {"uring_close", uring_close, METH_VARARGS, "Complete what is in flight and free the ring."},
     {"uring_enters", uring_enters, METH_VARARGS, "io_uring_enter calls made by the ring so far."},
+    {"uring_inflight", uring_inflight, METH_VARARGS, "(ops, writes) in flight."},
     {"uring_probe", uring_probe, METH_VARARGS, "0 if io_uring_setup works here, else its errno."},
     {"clock_source", clock_source, METH_NOARGS, "The clock that times each op."},
     {NULL, NULL, 0, NULL},
