@@ -186,7 +186,9 @@ def test_bad_batches_and_switches_are_refused_naming_the_key(tmp_path, key, valu
 def test_an_iodepth_beyond_memory_is_one_line_not_a_memory_error(tmp_path):
     with pytest.raises(ConfigError) as e:
         run(uring_spec(tmp_path, pattern="rand_read", iodepth=32768, block_size=4 * MIB, size_bytes=8 * MIB))
-    assert e.value.key == "iodepth" and "MiB of read buffers" in str(e.value) and "lower iodepth" in str(e.value)
+    assert e.value.key == "iodepth" and "MiB of I/O buffers" in str(e.value) and "lower iodepth" in str(e.value)
+    with pytest.raises(ConfigError, match="MiB of I/O buffers"):  # writes: the chunks of several queues' worth
+        run(uring_spec(tmp_path, pattern="seq_write", iodepth=32768, block_size=4 * MIB, size_bytes=8 * MIB))
 
 
 @pytest.mark.parametrize("err, says", [
@@ -278,3 +280,14 @@ def test_batches_registered_files_buffers_and_sqpoll_issue_every_op(tmp_path, kn
     r = run(spec)
     assert r.ops_read + r.ops_written == spec.file_size // BLOCK * spec.writers
     assert r.ops_read > 0 and r.ops_written > 0 and r.lat_read.total + r.lat_write.total == r.ops_read + r.ops_written
+
+
+@pytest.mark.parametrize("pattern, direct", [("rand_read", False), ("mixed", True)])
+def test_time_based_with_ramp_and_repeats_times_every_counted_op(tmp_path, pattern, direct):
+    """Ops in flight at the end of the ramp complete into the measured recorders; at the deadline,
+    submission stops and what is in flight completes inside the window: timed ops == counted ops."""
+    r = run(uring_spec(tmp_path, pattern=pattern, direct=direct, iodepth=8, duration_s=0.6, ramp_s=0.3, repeats=2))
+    assert r.ops_read + r.ops_written > 0
+    assert r.lat_read.total == r.ops_read and r.lat_write.total == r.ops_written
+    assert r.bytes_read + r.bytes_written == (r.ops_read + r.ops_written) * BLOCK
+    assert 1.0 <= r.elapsed_s < 10  # two windows of 0.6 s

@@ -16,6 +16,7 @@ import os
 
 import psutil
 
+from ..data import RING, chunk_bytes
 from ..errors import ConfigError
 from .base import Engine, Issuer, register
 
@@ -122,13 +123,15 @@ class UringEngine(Engine):
         for key in ("fixed_files", "fixed_bufs", "sqpoll"):
             if not isinstance(getattr(spec, key), bool):
                 raise ConfigError(f"engine.{key}", getattr(spec, key), "must be true or false")
-        if spec.reads:  # each slot reads into its own block, in every worker
-            need = spec.iodepth * spec.block_size * spec.writers
-            avail = psutil.virtual_memory().available
-            if need > MEMORY_SHARE * avail:
-                raise ConfigError("iodepth", spec.iodepth,
-                                  f"needs {need >> 20} MiB of read buffers (iodepth x block_kb x writers) and "
-                                  f"{avail >> 20} MiB of memory is available: lower iodepth, block_kb or writers")
+        # each slot reads into its own block, and writes in flight need chunks of several queues' worth
+        per_worker = (spec.iodepth * spec.block_size if spec.reads else 0) + \
+            (RING * chunk_bytes(spec.block_size, spec.iodepth) if spec.writes else 0)
+        need, avail = per_worker * spec.writers, psutil.virtual_memory().available
+        if need > MEMORY_SHARE * avail:
+            raise ConfigError("iodepth", spec.iodepth,
+                              f"needs {need >> 20} MiB of I/O buffers (iodepth x block_kb x writers, and write "
+                              f"chunks) and {avail >> 20} MiB of memory is available: lower iodepth, block_kb or "
+                              "writers")
         why = probe(spec)
         if why:
             raise ConfigError("engine", "uring", f"{why}; {WAY_OUT}")
