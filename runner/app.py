@@ -117,8 +117,20 @@ def to_spec(cfg: DictConfig) -> Spec:
         data=DataSpec(cfg.data.name, _whole(cfg, "data.compress_ratio"), _whole(cfg, "data.dedup_ratio")),
         seed=_whole(cfg, "seed", 0), keep_files=_switch(cfg, "keep_files"),
         log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
-        latency=_switch(cfg, "latency"),
+        latency=_switch(cfg, "latency"), **_uring_knobs(cfg),
     ).check()
+
+
+def _uring_knobs(cfg: DictConfig) -> dict:
+    """engine=uring's knobs, type-checked where set (the other engines leave them null)."""
+    knobs = {}
+    for key in ("batch_submit", "batch_complete"):
+        if OmegaConf.select(cfg, f"engine.{key}") is not None:
+            knobs[key] = _whole(cfg, f"engine.{key}")
+    for key in ("fixed_files", "fixed_bufs", "sqpoll"):
+        if OmegaConf.select(cfg, f"engine.{key}") is not None:
+            knobs[key] = _switch(cfg, f"engine.{key}")
+    return knobs
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -134,6 +146,8 @@ APPLIES = {
     "end_fsync": lambda c: Spec(pattern=c.pattern.name).writes,
     "direct_fallback": lambda c: c.direct is True,
     "engine.ioengine": lambda c: c.engine.name == "fio",
+    **{f"engine.{k}": (lambda c: c.engine.name == "uring")
+       for k in ("batch_submit", "batch_complete", "fixed_files", "fixed_bufs", "sqpoll")},
     "target.dir": lambda c: c.target.name != "device",
     "target.path": lambda c: c.target.name == "device",
     "target.allow_overwrite": lambda c: c.target.name == "device",

@@ -37,6 +37,11 @@ class PatternConf:
 class EngineConf:
     name: str = "sync"
     ioengine: Optional[str] = None  # engine=fio only: fio's ioengine; null for iosweep's own engines
+    batch_submit: Any = None  # engine=uring only (conf/engine/uring.yaml sets them)
+    batch_complete: Any = None
+    fixed_files: Any = None
+    fixed_bufs: Any = None
+    sqpoll: Any = None
 
 
 @dataclass

@@ -21,9 +21,19 @@ MIN_CHUNK = 1 << 20
 RING = 4
 
 
-def chunk_bytes(block_size: int) -> int:
-    """Smallest multiple of the block that is >= 1 MiB."""
-    return -(-MIN_CHUNK // block_size) * block_size
+DEPTH_CHUNK_OPS = 64  # with ops in flight (iodepth > 1), a chunk holds this many queues' worth of blocks...
+MAX_DEPTH_CHUNK = 16 << 20  # ...up to this size, but never fewer than 4 queues' worth
+
+
+def chunk_bytes(block_size: int, iodepth: int = 1) -> int:
+    """Smallest multiple of the block that is >= 1 MiB; larger with a queue depth, as an engine with
+    writes in flight completes them before the chunk is refilled: a pipeline bubble per chunk, rare
+    when a chunk holds many queues' worth of blocks."""
+    want = MIN_CHUNK
+    if iodepth > 1:
+        queue = iodepth * block_size
+        want = max(MIN_CHUNK, min(DEPTH_CHUNK_OPS * queue, max(MAX_DEPTH_CHUNK, 4 * queue)))
+    return -(-want // block_size) * block_size
 
 
 def aligned_buffer(nbytes: int) -> mmap.mmap:
@@ -67,7 +77,7 @@ class BlockSource:
 
 class DgenSource(BlockSource):
     def __init__(self, spec: Spec, worker: int, stream_bytes: int, first_pass: int = 0):
-        size = chunk_bytes(spec.block_size)
+        size = chunk_bytes(spec.block_size, spec.iodepth)
         super().__init__([aligned_buffer(size) for _ in range(RING)])
         self._spec, self._worker, self._stream_bytes, self._pass = spec, worker, stream_bytes, first_pass
         self._gen = self._new_generator()
@@ -120,7 +130,7 @@ class DgenSource(BlockSource):
 def write_source(spec: Spec, worker: int, first_pass: int = 0) -> BlockSource:
     """Data for a worker's writes; pass 0 is the layout, measured writes over a laid-out file start at 1."""
     if spec.data.kind == "zeros" or spec.engine == "null":
-        return BlockSource([aligned_buffer(chunk_bytes(spec.block_size))])
+        return BlockSource([aligned_buffer(chunk_bytes(spec.block_size, spec.iodepth))])
     return DgenSource(spec, worker, spec.file_size, first_pass)
 
 

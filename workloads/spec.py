@@ -75,6 +75,12 @@ class Spec:
     latency: bool = True  # record per-op latency (fio disable_lat=0); off only to measure its own cost
     engine: str = "sync"
     ioengine: str | None = None  # engine=fio only: fio's ioengine (psync by default)
+    # engine=uring only (checked by workloads/engines/uring.py):
+    batch_submit: int = 1  # SQEs handed to the kernel per io_uring_enter (fio iodepth_batch_submit)
+    batch_complete: int = 1  # completions waited for at least, per reap (fio iodepth_batch_complete_min)
+    fixed_files: bool = False  # register the file with the ring (fio registerfiles)
+    fixed_bufs: bool = False  # register the I/O buffers with the ring (fio fixedbufs)
+    sqpoll: bool = False  # a kernel thread polls the submission queue (fio sqthread_poll)
     target: str = "local"
     target_dir: str = "outputs/scratch"
     target_path: str | None = None  # target=device: an existing file or block device
