@@ -117,7 +117,7 @@ def to_spec(cfg: DictConfig) -> Spec:
         data=DataSpec(cfg.data.name, _whole(cfg, "data.compress_ratio"), _whole(cfg, "data.dedup_ratio")),
         seed=_whole(cfg, "seed", 0), keep_files=_switch(cfg, "keep_files"),
         log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
-        latency=_switch(cfg, "latency"),
+        latency=_switch(cfg, "latency"), access=cfg.engine.access,
     ).check()
 
 
@@ -134,6 +134,7 @@ APPLIES = {
     "end_fsync": lambda c: Spec(pattern=c.pattern.name).writes,
     "direct_fallback": lambda c: c.direct is True,
     "engine.ioengine": lambda c: c.engine.name == "fio",
+    "engine.access": lambda c: c.engine.name == "mmap",
     "target.dir": lambda c: c.target.name != "device",
     "target.path": lambda c: c.target.name == "device",
     "target.allow_overwrite": lambda c: c.target.name == "device",

@@ -37,6 +37,7 @@ class PatternConf:
 class EngineConf:
     name: str = "sync"
     ioengine: Optional[str] = None  # engine=fio only: fio's ioengine; null for iosweep's own engines
+    access: Optional[str] = None  # engine=mmap only: copy | touch (how a read accesses the mapping)
 
 
 @dataclass
