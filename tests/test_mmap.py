@@ -256,3 +256,12 @@ def test_cli_mmap_rand_read_lands_faults_and_access_in_mlflow(tmp_path):
     assert p.returncode == 2 and errors == ["iosweep: error: direct=True: engine=mmap cannot issue O_DIRECT: "
                                             "set direct=false"], p.stderr
     assert len(mlflow_runs(tmp_path)[1]) == 1  # no run for the refused point
+
+
+def test_the_printed_result_shows_the_engine_counters():
+    from runner.console import result_table
+    from workloads.metrics import LatencyHistogram, Result
+
+    r = Result(elapsed_s=1.0, bytes_read=4096, bytes_written=0, ops_read=1, ops_written=0, lat_read=LatencyHistogram(),
+               lat_write=LatencyHistogram(), io_mode="mmap", counters={"minor_faults": 3.0, "major_faults": 7.0})
+    assert "engine       major_faults 7   minor_faults 3" in result_table(r)
