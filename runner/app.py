@@ -117,7 +117,7 @@ def to_spec(cfg: DictConfig) -> Spec:
         data=DataSpec(cfg.data.name, _whole(cfg, "data.compress_ratio"), _whole(cfg, "data.dedup_ratio")),
         seed=_whole(cfg, "seed", 0), keep_files=_switch(cfg, "keep_files"),
         log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
-        latency=_switch(cfg, "latency"), **_uring_knobs(cfg),
+        latency=_switch(cfg, "latency"), access=cfg.engine.access, **_uring_knobs(cfg),
     ).check()
 
 
@@ -148,6 +148,7 @@ APPLIES = {
     "engine.ioengine": lambda c: c.engine.name == "fio",
     **{f"engine.{k}": (lambda c: c.engine.name == "uring")
        for k in ("batch_submit", "batch_complete", "fixed_files", "fixed_bufs", "sqpoll")},
+    "engine.access": lambda c: c.engine.name == "mmap",
     "target.dir": lambda c: c.target.name != "device",
     "target.path": lambda c: c.target.name == "device",
     "target.allow_overwrite": lambda c: c.target.name == "device",

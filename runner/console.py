@@ -82,6 +82,9 @@ def result_table(result: Result) -> str:
                      f"wrote {m['device_write_bytes'] / MIB:.0f} MiB"
                      + (f", {m['cache_served_pct']:.0f}% of reads from page cache" if "cache_served_pct" in m else "")
                      + (f" (total over {n} repeats)" if n > 1 else ""))
+    if result.counters:  # the engine's own counters over the window, e.g. engine=mmap's page faults
+        lines.append("  engine       " + "   ".join(f"{k} {v:.0f}" for k, v in sorted(result.counters.items()))
+                     + (f" (total over {n} repeats)" if n > 1 else ""))
     if "data_compress_ratio_measured" in m:
         lines.append(f"  data measured: compress {m['data_compress_ratio_measured']:.2f}:1, dedup "
                      f"{m['data_dedup_ratio_measured_1mib']:.2f}:1 (1 MiB units), "

@@ -42,6 +42,7 @@ class EngineConf:
     fixed_files: Any = None
     fixed_bufs: Any = None
     sqpoll: Any = None
+    access: Optional[str] = None  # engine=mmap only: copy | touch (how a read accesses the mapping)
 
 
 @dataclass

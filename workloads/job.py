@@ -52,6 +52,8 @@ def _verdict(spec: Spec, result: Result) -> Result:
 def _run_once(spec: Spec, engine, progress) -> Result:
     target = targets.get(spec.target)(spec, engine.does_io)
     placement = target.prepare()
+    if engine.io_mode and placement.io_mode == "buffered":
+        placement.io_mode = engine.io_mode  # page-cache I/O, through the engine's own path (a mapping)
     result = None
     try:
         if engine.does_io:

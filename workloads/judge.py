@@ -14,6 +14,7 @@ WRITES_ON_DEVICE_MIN = 0.90  # less than this share of written bytes reached the
 DATAGEN_WAIT_MAX = 0.05  # workers waiting for dgen-py more than this share of their time
 MIN_WAIT_S = 0.02  # below this, waiting is start-up noise, not a bottleneck
 SHORT_WINDOW_S = 0.5  # a window this short is dominated by start and end effects
+PAGE_CACHE_MODES = ("buffered", "mmap")  # I/O through the page cache: reads may hit it, writes may stay in it
 
 
 def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
@@ -31,17 +32,17 @@ def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
         if served > CACHE_SERVED_MAX_PCT:
             invalid.append(f"{served:.0f}% of read bytes came from the page cache: the device read "
                            f"{result.device_read_bytes / MIB:.0f} of {result.bytes_read / MIB:.0f} MiB")
-    elif result.bytes_read and result.io_mode == "buffered" and result.device_read_bytes is None:
+    elif result.bytes_read and result.io_mode in PAGE_CACHE_MODES and result.device_read_bytes is None:
         working_set = spec.file_size * spec.writers
         ram = psutil.virtual_memory().total
         if working_set < ram:
             notes.append(f"buffered read of {working_set / MIB:.0f} MiB, less than RAM ({ram / 2**30:.0f} GiB), "
                          f"and no block device behind {fs} to verify it reached storage")
-    if result.bytes_written and result.device_write_bytes is not None and result.io_mode == "buffered":
+    if result.bytes_written and result.device_write_bytes is not None and result.io_mode in PAGE_CACHE_MODES:
         share = result.device_write_bytes / result.bytes_written
         if share < WRITES_ON_DEVICE_MIN:
             invalid.append(f"only {100 * share:.0f}% of written bytes reached the device inside the window "
-                           f"(page cache): {_write_advice(spec)}")
+                           f"(page cache): {_write_advice(spec, result.io_mode)}")
     if not result.info.get("ramp_done", True):
         invalid.append(f"the run ended inside ramp_s={spec.ramp_s}: nothing after the warm-up was measured")
     busy = result.elapsed_s * spec.writers
@@ -72,13 +73,16 @@ def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
     return not invalid, invalid + notes
 
 
-def _write_advice(spec: Spec) -> str:
-    """What to change when buffered writes did not reach the device: never what is already set."""
+def _write_advice(spec: Spec, io_mode: str = "buffered") -> str:
+    """What to change when buffered writes did not reach the device: never what is already set,
+    and never direct=true for engine=mmap (a mapping cannot bypass the page cache)."""
+    direct = io_mode != "mmap"
     if not spec.end_fsync:
-        return "set end_fsync=true or direct=true"
+        return "set end_fsync=true or direct=true" if direct else "set end_fsync=true"
     if spec.duration_s:  # time-based: the loop rewrites the same blocks, the page cache keeps the last copy
         return (f"end_fsync=true is set, but duration_s={spec.duration_s:g} rewrites the same "
-                f"{spec.file_size * spec.writers / MIB:.0f} MiB and the page cache absorbs the rewrites: set "
-                "direct=true, or drop duration_s (one pass: every byte is written once, then fsynced)")
+                f"{spec.file_size * spec.writers / MIB:.0f} MiB and the page cache absorbs the rewrites: "
+                f"{'set direct=true, or drop' if direct else 'drop'} duration_s (one pass: every byte is written "
+                "once, then fsynced)")
     return ("end_fsync=true is set, yet the device saw fewer bytes (another device behind the filesystem, or it "
-            "compresses or deduplicates): set direct=true")
+            "compresses or deduplicates)" + (": set direct=true" if direct else ""))

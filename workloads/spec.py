@@ -48,6 +48,8 @@ def path_problem(path: str, is_dir: bool = True) -> str | None:
         absolute = parent
 # engine=fio: the ioengines that issue this Spec's ops to a file or block device (psync = engine=sync)
 FIO_IOENGINES = ("psync", "sync", "pvsync", "pvsync2", "vsync", "libaio", "io_uring", "posixaio", "mmap")
+# engine=mmap: how a read accesses the mapping (copy: memcpy the block, like fio's mmap; touch: one byte per page)
+MMAP_ACCESS = ("copy", "touch")
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class Spec:
     fixed_files: bool = False  # register the file with the ring (fio registerfiles)
     fixed_bufs: bool = False  # register the I/O buffers with the ring (fio fixedbufs)
     sqpoll: bool = False  # a kernel thread polls the submission queue (fio sqthread_poll)
+    access: str | None = None  # engine=mmap only: one of MMAP_ACCESS (copy by default)
     target: str = "local"
     target_dir: str = "outputs/scratch"
     target_path: str | None = None  # target=device: an existing file or block device
@@ -178,4 +181,6 @@ class Spec:
             raise ConfigError("seed", self.seed, f"must be a whole number from 0 to {MAX_SEED} (2**63 - 2)")
         if self.ioengine is not None and self.ioengine not in FIO_IOENGINES:  # it is written into fio's job file
             raise ConfigError("engine.ioengine", self.ioengine, "choose one of " + ", ".join(FIO_IOENGINES))
+        if self.access is not None and self.access not in MMAP_ACCESS:
+            raise ConfigError("engine.access", self.access, "choose one of " + ", ".join(MMAP_ACCESS))
         return self

@@ -28,6 +28,7 @@ class Engine:
     queue_depth = False  # keeps more than one op in flight (iodepth > 1)
     direct_io = True  # can issue O_DIRECT
     writes = True  # can write
+    io_mode: str | None = None  # what Result.io_mode says instead of the target's "buffered" (mmap)
 
     def issuer(self, spec, fd: int, base: int) -> "Issuer":
         """The object that issues one worker's ops on `fd`, whose region starts at byte `base`."""
