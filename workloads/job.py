@@ -39,7 +39,7 @@ def run(spec: Spec, progress=None) -> Result:
             failed.partial = _verdict(spec, failed.partial)
         raise
     result = results[0] if len(results) == 1 else combine(results)
-    result.data_measured = measure_ratios(spec)
+    result.data_measured = {} if spec.read_only_target else measure_ratios(spec)  # target=file: not our data
     return _verdict(spec, result)
 
 
