@@ -142,9 +142,8 @@ class Spec:
             raise ConfigError("pattern", self.pattern, "target=file only reads (iosweep never writes your files): "
                                                        "to write into an existing file use target=device "
                                                        "target.path=... target.allow_overwrite=true")
-        sized = self.size_bytes is not None or not self.read_only_target  # else: the files' size, resolved later
-        if sized:
-            positive("size_mb", self.size_bytes)
+        if self.size_bytes is not None or not self.read_only_target:  # target=file: None = the files' size
+            positive("target.size_mb" if self.read_only_target else "size_mb", self.size_bytes)
         if self.duration_s is not None:
             seconds("duration_s", self.duration_s)
         seconds("ramp_s", self.ramp_s, zero_ok=True)
@@ -165,7 +164,7 @@ class Spec:
         if self.direct and self.block_size % PAGE:
             raise ConfigError("block_kb", self.block_size // 1024,
                               "direct=true needs a multiple of 4 KiB (or set direct=false)")
-        if sized and self.file_size < self.block_size:
+        if not self.read_only_target and self.file_size < self.block_size:  # target=file: resolve() says
             raise ConfigError("size_mb", self.size_bytes >> 20,
                               f"too small for writers={self.writers} x block_kb={self.block_size >> 10}: "
                               "each writer needs at least one block")
