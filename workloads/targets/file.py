@@ -173,22 +173,21 @@ class FileTarget:
                  if total - read - tails else [])
             placement.warnings.append(f"target=file: {total - read} of {total} bytes are not read "
                                       f"({'; '.join(why)})")
-        mounts = {mount_of(p).dev for p in placement.sources}
-        if len(mounts) > 1:
-            placement.warnings.append(f"target=file: the files are on {len(mounts)} filesystems; device counters "
+        firsts = {}  # the first file on each filesystem (st_dev): one mountinfo look-up each, not one per file
+        for p in placement.sources:
+            firsts.setdefault(p.stat().st_dev, p)
+        if len(firsts) > 1:
+            placement.warnings.append(f"target=file: the files are on {len(firsts)} filesystems; device counters "
                                       f"are those of {mount.mountpoint} only")
-        placement.io_mode = self._io_mode(placement)
+        placement.io_mode = self._io_mode(placement, list(firsts.values()))
         return placement
 
-    def _io_mode(self, placement: FilePlacement) -> str:
+    def _io_mode(self, placement: FilePlacement, firsts: list[Path]) -> str:
         if not self.spec.direct:
             return "buffered"
-        probed = {}
-        for path in placement.sources:  # one read probe per filesystem: O_DIRECT acceptance, nothing written
-            dev = mount_of(path)
-            if dev.dev not in probed:
-                probed[dev.dev] = (dev, probe_direct_read(path))
-        refused = [(m, why) for m, why in probed.values() if why]
+        # one read probe per filesystem: O_DIRECT acceptance, nothing written
+        probed = [(mount_of(p), probe_direct_read(p)) for p in firsts]
+        refused = [(m, why) for m, why in probed if why]
         if refused:
             mount, why = refused[0]
             if not self.spec.direct_fallback:
@@ -197,7 +196,7 @@ class FileTarget:
             placement.warnings.append(f"O_DIRECT refused by {mount.fs_type} ({why}); ran buffered "
                                       "(direct_fallback=true)")
             return "buffered"
-        ram = all(m.fs_type in ("tmpfs", "ramfs") for m, _ in probed.values())
+        ram = all(m.fs_type in ("tmpfs", "ramfs") for m, _ in probed)
         return "direct-ignored" if ram else "direct"
 
     def create_files(self, placement: Placement) -> None:
