@@ -74,6 +74,7 @@ def test_reads_the_files_in_place_and_changes_nothing(tmp_path, engine, layout, 
     unread = sum(p.stat().st_size for p in files) - want
     assert any(f"target=file: {unread} of" in w and "not read" in w for w in r.warnings) == (unread > 0)
     assert r.info["target_path"] == path
+    assert not any("size_mb" in w for w in r.warnings)  # the files fix the size: no advice to raise it
 
 
 def test_every_worker_reads_its_share_and_nothing_past_eof():
