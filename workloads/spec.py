@@ -140,8 +140,9 @@ class Spec:
                                                        "(the io_uring ring limit)")
         if self.read_only_target and self.writes:
             raise ConfigError("pattern", self.pattern, "target=file only reads (iosweep never writes your files): "
-                                                       "to write into an existing file use target=device "
-                                                       "target.path=... target.allow_overwrite=true")
+                                                       "choose pattern=seq_read or rand_read, or to write into an "
+                                                       "existing file use target=device target.path=... "
+                                                       "target.allow_overwrite=true")
         if self.size_bytes is not None or not self.read_only_target:  # target=file: None = the files' size
             positive("target.size_mb" if self.read_only_target else "size_mb", self.size_bytes)
         if self.duration_s is not None:
