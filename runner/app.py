@@ -109,7 +109,7 @@ def to_spec(cfg: DictConfig) -> Spec:
         pattern=cfg.pattern.name, read_pct=_whole(cfg, "pattern.read_pct", 0),
         block_size=_whole(cfg, "block_kb") * 1024, writers=_whole(cfg, "writers"),
         iodepth=_whole(cfg, "iodepth"),
-        size_bytes=_whole(cfg, "size_mb") << 20, duration_s=_number(cfg, "duration_s", optional=True),
+        size_bytes=_size_bytes(cfg), duration_s=_number(cfg, "duration_s", optional=True),
         ramp_s=_number(cfg, "ramp_s", strict=False), direct=_switch(cfg, "direct"),
         direct_fallback=_switch(cfg, "direct_fallback"), end_fsync=_switch(cfg, "end_fsync"),
         engine=cfg.engine.name, ioengine=cfg.engine.ioengine, target=cfg.target.name, target_dir=cfg.target.dir,
@@ -133,6 +133,20 @@ def _uring_knobs(cfg: DictConfig) -> dict:
     return knobs
 
 
+def _size_bytes(cfg: DictConfig) -> int | None:
+    """The working set: size_mb, or for target=file the files' size (None) capped by target.size_mb.
+
+    target=file has its own cap because size_mb always has a value (the default): an explicit
+    size_mb=... there would be silently ignored, so it is refused."""
+    if cfg.target.name != "file":
+        return _whole(cfg, "size_mb") << 20
+    typed = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    if any(o.lstrip("+~").split("=", 1)[0] == "size_mb" for o in typed):
+        raise ConfigError("size_mb", cfg.size_mb, "does not apply to target=file, which reads the files' size: "
+                                                  "cap it with target.size_mb instead")
+    return None if cfg.target.size_mb is None else _whole(cfg, "target.size_mb") << 20
+
+
 def run_name(cfg: DictConfig) -> str:
     def get(key):  # a bad interpolation must not stop the point before to_spec names it
         return OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
@@ -149,11 +163,13 @@ APPLIES = {
     **{f"engine.{k}": (lambda c: c.engine.name == "uring")
        for k in ("batch_submit", "batch_complete", "fixed_files", "fixed_bufs", "sqpoll")},
     "engine.access": lambda c: c.engine.name == "mmap",
-    "target.dir": lambda c: c.target.name != "device",
-    "target.path": lambda c: c.target.name == "device",
+    "target.dir": lambda c: c.target.name not in ("device", "file"),
+    "target.path": lambda c: c.target.name in ("device", "file"),
+    "target.size_mb": lambda c: c.target.name == "file",
+    "size_mb": lambda c: c.target.name != "file",  # target=file reads the files' size (target.size_mb caps it)
     "target.allow_overwrite": lambda c: c.target.name == "device",
-    "data.compress_ratio": lambda c: c.data.name == "dgen",
-    "data.dedup_ratio": lambda c: c.data.name == "dgen",
+    "data.compress_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file",  # file: the user's bytes
+    "data.dedup_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file",
 }
 
 

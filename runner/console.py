@@ -44,10 +44,11 @@ class Progress:
 
 def describe(spec: Spec) -> str:
     what = f"{spec.pattern}" + (f" read_pct={spec.read_pct}" if spec.pattern == "mixed" else "")
-    how = f"duration {spec.duration_s:g} s" if spec.duration_s else f"{spec.size_bytes >> 20} MiB"
+    how = f"duration {spec.duration_s:g} s" if spec.duration_s else \
+        "all of target.path" if spec.size_bytes is None else f"{spec.size_bytes >> 20} MiB"
     return (f"{what}  block {spec.block_size >> 10} KiB  writers {spec.writers}  {how}  "
             f"engine {spec.engine}  direct {str(spec.direct).lower()}  "
-            f"target {spec.target}:{spec.target_path if spec.target == 'device' else spec.target_dir}")
+            f"target {spec.target}:{spec.target_path if spec.target in ('device', 'file') else spec.target_dir}")
 
 
 def result_table(result: Result) -> str:

@@ -23,7 +23,8 @@ GROUPS = ("target", "pattern", "engine", "data", "point", "experiment")  # confi
 class TargetConf:
     name: str = "local"
     dir: str = "outputs/scratch"  # relative paths are taken from the directory you run in
-    path: Optional[str] = None  # target=device: an existing file or block device
+    path: Optional[str] = None  # target=device: an existing file or block device; target=file: file, dir or glob
+    size_mb: Any = None  # target=file: cap on the bytes read (MiB); null: the files' size
     allow_overwrite: Any = False  # target=device: consent to overwrite it
 
 

@@ -21,6 +21,9 @@ def run(spec: Spec, progress=None) -> Result:
     """Run one measured point (`repeats` times). `progress(elapsed_s, bytes_done, mib_s)` is called
     about once a second. Raises ConfigError for bad input (before any I/O), WorkloadError for I/O."""
     spec.check()
+    resolve = getattr(targets.get(spec.target), "resolve", None)
+    if resolve is not None:  # the target fixes what the spec leaves to it (target=file: the files' size)
+        spec = resolve(spec).check()
     engine = engines.get(spec.engine)
     engine.check(spec)
     results: list[Result] = []
@@ -36,7 +39,7 @@ def run(spec: Spec, progress=None) -> Result:
             failed.partial = _verdict(spec, failed.partial)
         raise
     result = results[0] if len(results) == 1 else combine(results)
-    result.data_measured = measure_ratios(spec)
+    result.data_measured = {} if spec.read_only_target else measure_ratios(spec)  # target=file: not our data
     return _verdict(spec, result)
 
 

@@ -25,21 +25,30 @@ def op_chunks(spec: Spec, worker: int) -> Iterator[tuple[np.ndarray, np.ndarray 
 
     Size-based runs yield one pass over the file; time-based runs (duration_s) never end.
     """
-    n_blocks = spec.file_size // spec.block_size
+    for _, offsets, flags in extent_chunks(spec, worker, [spec.file_size // spec.block_size]):
+        yield offsets, flags
+
+
+def extent_chunks(spec: Spec, worker: int, extents: list[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    """Yield (extent index, byte offsets within that extent, is_read flags or None) over a worker's
+    extents (sizes in blocks) one after another: a pass visits each extent in turn, in the pattern's
+    order within it. One extent is op_chunks; several are target=file over several files.
+    """
     rng = worker_rng(spec, worker)
     mix_rng = worker_rng(spec, worker, stream=1)
     while True:
-        if not spec.random:
-            order = np.arange(n_blocks, dtype=np.int64)
-        elif n_blocks <= PERMUTATION_LIMIT:
-            order = rng.permutation(n_blocks).astype(np.int64)
-        else:
-            order = rng.integers(0, n_blocks, size=n_blocks, dtype=np.int64)
-        for start in range(0, n_blocks, CHUNK_OPS):
-            offsets = order[start:start + CHUNK_OPS] * spec.block_size
-            flags = None
-            if spec.pattern == "mixed":
-                flags = mix_rng.random(len(offsets)) < spec.read_pct / 100.0
-            yield offsets, flags
+        for index, n_blocks in enumerate(extents):
+            if not spec.random:
+                order = np.arange(n_blocks, dtype=np.int64)
+            elif n_blocks <= PERMUTATION_LIMIT:
+                order = rng.permutation(n_blocks).astype(np.int64)
+            else:
+                order = rng.integers(0, n_blocks, size=n_blocks, dtype=np.int64)
+            for start in range(0, n_blocks, CHUNK_OPS):
+                offsets = order[start:start + CHUNK_OPS] * spec.block_size
+                flags = None
+                if spec.pattern == "mixed":
+                    flags = mix_rng.random(len(offsets)) < spec.read_pct / 100.0
+                yield index, offsets, flags
         if spec.duration_s is None:
             return

@@ -55,7 +55,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _worker_main(spec, worker, path, direct, base, shared, go, out, parent):
+def _worker_main(spec, worker, extents, direct, shared, go, out, parent):
     """Process entry point: the parent handles Ctrl-C / SIGHUP and tells workers through `stop`."""
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -68,8 +68,8 @@ def _worker_main(spec, worker, path, direct, base, shared, go, out, parent):
         shared.starts[worker] = time.perf_counter_ns()
 
     try:
-        result = worker_loop(spec, worker, path, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
-                             base=base)
+        result = worker_loop(spec, worker, None, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
+                             extents=extents)
         result["error"] = None
     except Aborted:
         result["aborted"] = True
@@ -115,10 +115,12 @@ def run_workers(spec: Spec, placement, progress) -> Result:
     n = spec.writers
     shared = _Shared(ctx, n)
     direct = placement.io_mode in ("direct", "direct-ignored")
-    paths = paths or [None] * n
+    # what each worker reads or writes: [(path, base, bytes)], one extent but with target=file
+    extents = [[(str(p), b, size) for p, b, size in placement.worker_extents(w, spec.file_size)] if paths else None
+               for w in range(n)]
     procs = [ctx.Process(target=_worker_main, name=f"iosweep-worker-{w}", daemon=True,
-                         args=(spec, w, paths[w], direct, placement.offset(w, spec.file_size), shared, shared.go_wait,
-                               shared.results[w][1], os.getpid()))
+                         args=(spec, w, extents[w], direct, shared, shared.go_wait, shared.results[w][1],
+                               os.getpid()))
              for w in range(n)]
     conns = [reader for reader, _ in shared.results]
     got: dict[int, dict] = {}

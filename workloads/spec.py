@@ -65,7 +65,8 @@ class Spec:
     block_size: int = 1 << 20
     writers: int = 1
     iodepth: int = 1  # ops in flight per worker (fio iodepth); > 1 needs an engine with a queue (uring)
-    size_bytes: int = 256 << 20  # total working set; each writer owns size_bytes // writers
+    size_bytes: int | None = 256 << 20  # total working set; each writer owns size_bytes // writers
+    #                                      target=file: a cap, None = the files' size (targets.file.resolve)
     duration_s: float | None = None  # time-based over the working set (fio time_based)
     ramp_s: float = 0.0  # warm-up excluded from the metrics (fio ramp_time)
     read_pct: int = 100  # share of reads, used by the mixed pattern (fio rwmixread)
@@ -86,7 +87,7 @@ class Spec:
     access: str | None = None  # engine=mmap only: one of MMAP_ACCESS (copy by default)
     target: str = "local"
     target_dir: str = "outputs/scratch"
-    target_path: str | None = None  # target=device: an existing file or block device
+    target_path: str | None = None  # target=device: an existing file or block device; target=file: file, dir or glob
     allow_overwrite: bool = False  # target=device: consent to overwrite target_path
     data: DataSpec = field(default_factory=DataSpec)
     seed: int = 0
@@ -146,7 +147,13 @@ class Spec:
                 or not 1 <= self.iodepth <= MAX_IODEPTH:
             raise ConfigError("iodepth", self.iodepth, f"must be a whole number from 1 to {MAX_IODEPTH} "
                                                        "(the io_uring ring limit)")
-        positive("size_mb", self.size_bytes)
+        if self.read_only_target and self.writes:
+            raise ConfigError("pattern", self.pattern, "target=file only reads (iosweep never writes your files): "
+                                                       "choose pattern=seq_read or rand_read, or to write into an "
+                                                       "existing file use target=device target.path=... "
+                                                       "target.allow_overwrite=true")
+        if self.size_bytes is not None or not self.read_only_target:  # target=file: None = the files' size
+            positive("target.size_mb" if self.read_only_target else "size_mb", self.size_bytes)
         if self.duration_s is not None:
             seconds("duration_s", self.duration_s)
         seconds("ramp_s", self.ramp_s, zero_ok=True)
@@ -167,7 +174,7 @@ class Spec:
         if self.direct and self.block_size % PAGE:
             raise ConfigError("block_kb", self.block_size // 1024,
                               "direct=true needs a multiple of 4 KiB (or set direct=false)")
-        if self.file_size < self.block_size:
+        if not self.read_only_target and self.file_size < self.block_size:  # target=file: resolve() says
             raise ConfigError("size_mb", self.size_bytes >> 20,
                               f"too small for writers={self.writers} x block_kb={self.block_size >> 10}: "
                               "each writer needs at least one block")

@@ -17,7 +17,7 @@ import numpy as np
 from . import engines
 from .data import write_source
 from .metrics import N_BUCKETS, LatencyHistogram
-from .patterns import op_chunks
+from .patterns import extent_chunks
 from .prepare import evict, lay_out
 from .spec import Spec
 
@@ -55,12 +55,19 @@ def open_flags(spec: Spec, direct: bool) -> int:
 
 
 def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_start, ops_done=None,
-                stop=None, prepared: bool = False, base: int = 0) -> dict:
+                stop=None, prepared: bool = False, base: int = 0, extents=None) -> dict:
     """Prepare (unless `prepared`: the caller laid out and evicted the file), wait for
     `wait_start()`, run the measured loop over the region starting at `base`, return counters
-    and histograms."""
+    and histograms.
+
+    `extents` [(path, base, bytes), ...] replaces path and base for a worker whose share spans
+    several files (target=file): it reads them one after another, the first opened before the
+    start, each next one when it gets there (inside the window: opening files is part of reading
+    a set of them)."""
     bs = spec.block_size
     engine = engines.get(spec.engine)
+    extents = extents or [(path, base, spec.file_size)]
+    path, base = extents[0][0], extents[0][1]
     fd = os.open(path, open_flags(spec, direct)) if path is not None else -1
     must_lay_out = spec.needs_layout and fd >= 0 and not prepared and not spec.read_only_target
     # the layout is the data stream's first pass; the measured writes continue after it
@@ -72,7 +79,14 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
             lay_out(fd, spec, wsrc, base)
         if fd >= 0 and spec.cache != "warm" and not prepared:
             evict(fd, sync=not spec.read_only_target)
-        issuer = engine.issuer(spec, fd, base)
+            for other in {p for p, _, _ in extents[1:]} - {path}:  # only read-only targets have several
+                other_fd = os.open(other, os.O_RDONLY)
+                try:
+                    evict(other_fd, sync=False)
+                finally:
+                    os.close(other_fd)
+        issuer = engine.issuer(spec, fd, base, extents[0][2])
+        current, earlier = 0, {}  # the extent being read; counters of the issuers already closed
         rec_r, rec_w = Recorder(), Recorder()  # filled in place by the issuer
         ops_r = ops_w = wi = 0
         wchunk = wsrc.current_chunk() if spec.writes else None
@@ -94,7 +108,20 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
             issuer.start_window()
         total_ops = 0
         finished = False
-        for offsets, flags in op_chunks(spec, worker):
+        for index, offsets, flags in extent_chunks(spec, worker, [n // bs for _, _, n in extents]):
+            if index != current:  # the next file: finish this one's ops, then open it
+                n_r, n_w = issuer.drain(rec_r, rec_w, timed)
+                ops_r, ops_w = ops_r + n_r, ops_w + n_w
+                earlier = _add(earlier, issuer.counters()) if measuring else {}
+                issuer.close()
+                issuer = None
+                os.close(fd)
+                fd = -1
+                current, (path, base, length) = index, extents[index]
+                fd = os.open(path, open_flags(spec, direct))
+                issuer = engine.issuer(spec, fd, base, length)
+                if measuring:
+                    issuer.start_window()
             if base:
                 offsets = offsets + base
             flags = flags.view(np.uint8) if flags is not None else None
@@ -116,7 +143,7 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                     ops_done[worker] = total_ops
                 t1 = clock()
                 if not measuring and t1 >= ramp_end:  # warm-up over: forget what it measured
-                    rec_r, rec_w, ops_r, ops_w = Recorder(), Recorder(), 0, 0
+                    rec_r, rec_w, ops_r, ops_w, earlier = Recorder(), Recorder(), 0, 0, {}
                     measuring, t_measure, cpu0 = True, t1, cpu_s()
                     wait0 = wsrc.wait_ns if wsrc else 0
                     issuer.start_window()
@@ -132,7 +159,7 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
         if spec.writes and fd >= 0 and spec.end_fsync:
             issuer.flush()  # written data reaches the device inside the window (fio end_fsync)
         t_end = clock()
-        counters = issuer.counters()
+        counters = _add(earlier, issuer.counters())
         if not measuring:  # the run ended inside the warm-up: nothing was measured
             hist_r, hist_w, t_measure, ops_r, ops_w = LatencyHistogram(), LatencyHistogram(), t_end, 0, 0
             counters = {}
@@ -148,3 +175,8 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
             wsrc.close()
         if fd >= 0:
             os.close(fd)
+
+
+def _add(a: dict, b: dict) -> dict:
+    """Engine counters of two issuers (files) of one worker, added up."""
+    return {k: a.get(k, 0) + b.get(k, 0) for k in {*a, *b}}

@@ -30,8 +30,9 @@ class Engine:
     writes = True  # can write
     io_mode: str | None = None  # what Result.io_mode says instead of the target's "buffered" (mmap)
 
-    def issuer(self, spec, fd: int, base: int) -> "Issuer":
-        """The object that issues one worker's ops on `fd`, whose region starts at byte `base`."""
+    def issuer(self, spec, fd: int, base: int, length: int | None = None) -> "Issuer":
+        """The object that issues one worker's ops on `fd`, in the region of `length` bytes (the
+        worker's file_size unless given) starting at byte `base`."""
         raise NotImplementedError
 
     def run_job(self, spec, target, placement, progress):
@@ -60,10 +61,11 @@ class Issuer:
 
     hot_mode = 0  # run_ops: 0 = pread/pwrite, 1 = no I/O
 
-    def __init__(self, spec, fd: int, base: int):
+    def __init__(self, spec, fd: int, base: int, length: int | None = None):
         from ..data import aligned_buffer
 
         self.spec, self.fd, self.base = spec, fd, base
+        self.length = spec.file_size if length is None else length
         self.rbuf = aligned_buffer(spec.block_size) if spec.reads else None
 
     def run(self, offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline):

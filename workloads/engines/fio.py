@@ -59,7 +59,7 @@ def job_file(spec: Spec, placement, logs: Path) -> str:
     ioengine = spec.ioengine or "psync"
     if ioengine not in FIO_IOENGINES:  # Spec.check says so first; this guards a Spec never checked
         raise ConfigError("engine.ioengine", ioengine, "choose one of " + ", ".join(FIO_IOENGINES))
-    if placement.shared_path is not None:  # target=device: one path, a region per job
+    if placement.shared_path is not None:  # target=device (or file): one path, a region per job
         where = [("filename", fio_path("target.path", placement.shared_path)), ("offset_increment", spec.file_size)]
     else:  # the files iosweep created
         where = [("directory", fio_path("target.dir", placement.scratch)), ("filename_format", "job$jobnum.dat")]
@@ -88,6 +88,11 @@ def job_file(spec: Spec, placement, logs: Path) -> str:
     if not spec.latency:
         options += [("disable_lat", 1), ("disable_clat", 1), ("disable_slat", 1)]
     return "\n".join(["[global]", *_render(options), "", "[iosweep]", ""])
+
+
+def command(spec: Spec, job_path: Path) -> list[str]:
+    """fio's command line; with target=file, --readonly: fio itself refuses a write or trim job."""
+    return ["fio", "--output-format=json+", *(["--readonly"] if spec.read_only_target else []), str(job_path)]
 
 
 def histogram(clat_ns: dict) -> LatencyHistogram:
@@ -140,12 +145,16 @@ class FioEngine(Engine):
         if spec.target == "device":
             if spec.target_path:  # none at all: the target says so
                 fio_path("target.path", Path(spec.target_path).expanduser().absolute())
-        else:
+        elif spec.target != "file":  # target=file: the one file it reads is checked in run_job
             fio_path("target.dir", Path(spec.target_dir).expanduser().absolute())
 
     def run_job(self, spec: Spec, target, placement, progress) -> Result:
         from ..prepare import device_counters, prepare_files
 
+        if spec.read_only_target and placement.shared_path is None and placement.worker_paths(spec.writers):
+            raise ConfigError("target.path", spec.target_path, "engine=fio reads one file with target=file, this "
+                                                               "names several: point target.path at one file, or "
+                                                               "use engine=sync")
         warnings = prepare_files(spec, placement)
         # fio's job file and logs go to a directory of our own, never into the target
         with tempfile.TemporaryDirectory(prefix="iosweep-fio-") as tmp:
@@ -154,7 +163,7 @@ class FioEngine(Engine):
             job_path = logs / "iosweep.fio"
             job_path.write_text(job)
             dev0 = device_counters(placement.device)
-            proc = subprocess.run(["fio", "--output-format=json+", str(job_path)], capture_output=True, text=True)
+            proc = subprocess.run(command(spec, job_path), capture_output=True, text=True)
             dev1 = device_counters(placement.device)
             series = timeseries(logs, spec)
         try:

@@ -31,9 +31,9 @@ from .base import Engine, Issuer, register
 
 
 class MmapIssuer(Issuer):
-    def __init__(self, spec, fd: int, base: int):
-        super().__init__(spec, fd, base)
-        end = base + spec.file_size
+    def __init__(self, spec, fd: int, base: int, length: int | None = None):
+        super().__init__(spec, fd, base, length)
+        end = base + self.length
         size = os.lseek(fd, 0, os.SEEK_END)  # st_size is 0 for a block device; the end is its capacity
         if size < end:
             if spec.needs_layout or spec.target == "device" or spec.read_only_target:  # laid out, or not ours
@@ -56,7 +56,7 @@ class MmapIssuer(Issuer):
         if out[4] == errno.EFAULT:
             size = os.lseek(self.fd, 0, os.SEEK_END)
             raise OSError(errno.EIO, f"SIGBUS on the mapping (the file now holds {size} bytes of "
-                                     f"{self.base + self.spec.file_size}: truncated by another program, or the "
+                                     f"{self.base + self.length}: truncated by another program, or the "
                                      "device failed a page-in)")
         return out
 
@@ -80,5 +80,5 @@ class MmapEngine(Engine):
     direct_io = False  # a mapping goes through the page cache: O_DIRECT has no meaning for it
     io_mode = "mmap"
 
-    def issuer(self, spec, fd, base):
-        return MmapIssuer(spec, fd, base)
+    def issuer(self, spec, fd, base, length=None):
+        return MmapIssuer(spec, fd, base, length)

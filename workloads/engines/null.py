@@ -20,5 +20,5 @@ class NullEngine(Engine):
     does_io = False
     queue_depth = True  # nothing is in flight, any depth is the same loop: lets a sweep test the harness
 
-    def issuer(self, spec, fd, base):
-        return NullIssuer(spec, fd, base)
+    def issuer(self, spec, fd, base, length=None):
+        return NullIssuer(spec, fd, base, length)

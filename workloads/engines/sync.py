@@ -8,5 +8,5 @@ from .base import Engine, Issuer, register
 class SyncEngine(Engine):
     name = "sync"
 
-    def issuer(self, spec, fd, base):
-        return Issuer(spec, fd, base)
+    def issuer(self, spec, fd, base, length=None):
+        return Issuer(spec, fd, base, length)

@@ -57,11 +57,12 @@ def probe(spec) -> str | None:
 
 
 class UringIssuer(Issuer):
-    def __init__(self, spec, fd: int, base: int):
+    def __init__(self, spec, fd: int, base: int, length: int | None = None):
         from .._hotloop import uring_open
         from ..data import aligned_buffer
 
         self.spec, self.fd, self.base = spec, fd, base
+        self.length = spec.file_size if length is None else length
         self.ring = None
         self.rbuf = aligned_buffer(spec.iodepth * spec.block_size) if spec.reads else None  # a block per slot
         self.ring = uring_open(fd, spec.iodepth, spec.block_size, self.rbuf, spec.fixed_files, spec.fixed_bufs,
@@ -108,8 +109,8 @@ class UringEngine(Engine):
     name = "uring"
     queue_depth = True
 
-    def issuer(self, spec, fd, base):
-        return UringIssuer(spec, fd, base)
+    def issuer(self, spec, fd, base, length=None):
+        return UringIssuer(spec, fd, base, length)
 
     def check(self, spec) -> None:
         super().check(spec)

@@ -1,3 +1,4 @@
 """Where the bytes go. Adding a target = one module, one import line here, one YAML file."""
 from . import device, local  # noqa: F401  (register local, tmpfs, device)
+from . import file  # noqa: F401  (register file: existing files, read in place)
 from .base import REGISTRY, Mount, Placement, block_device, get, mount_of  # noqa: F401

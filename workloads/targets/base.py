@@ -88,6 +88,11 @@ class Placement:
         """Where the worker's region starts in its file."""
         return worker * file_size if self.shared_path is not None else 0
 
+    def worker_extents(self, worker: int, file_size: int) -> list[tuple[Path, int, int]]:
+        """What the worker reads or writes, as [(path, where its part starts, bytes)]: its region of
+        one file here; target=file gives a worker's share of several files as several extents."""
+        return [(self.worker_path(worker), self.offset(worker, file_size), file_size)]
+
     def info(self) -> dict:
         return {"scratch_dir": str(self.scratch) if self.scratch else "", "fs_type": self.mount.fs_type,
                 "mountpoint": self.mount.mountpoint, "mount_opts": self.mount.options,
