@@ -123,6 +123,11 @@ def test_every_run_carries_provenance(tmp_path):
     ("fio_parity", ["hydra.sweeper.params.point='rand_read_4k_direct,seq_write_1m_direct'",
                     "hydra.sweeper.params.writers='1'", "hydra.sweeper.params.trial='1'", "duration_s=0.5",
                     "size_mb=16"]),
+    ("qd_parity", ["hydra.sweeper.params.point='rand_read_4k_direct'", "hydra.sweeper.params.iodepth='1,8'",
+                   "hydra.sweeper.params.writers='1'", "hydra.sweeper.params.trial='1'", "duration_s=0.5",
+                   "ramp_s=0.2", "size_mb=16"]),
+    ("mmap_parity", ["hydra.sweeper.params.writers='1'", "hydra.sweeper.params.trial='1'", "duration_s=0.5",
+                     "ramp_s=0.2", "size_mb=16"]),
 ])
 def test_presets_run_in_a_smoke_size(tmp_path, preset, smoke):
     p = run_cli(tmp_path, "-m", f"experiment={preset}", *smoke)
@@ -135,4 +140,4 @@ def test_presets_run_in_a_smoke_size(tmp_path, preset, smoke):
 
 def test_every_preset_is_covered_by_the_smoke_test():
     presets = {p.stem for p in (CONF / "experiment").glob("*.yaml")}
-    assert presets == {"io_microbench", "write_scaling", "fio_parity"}
+    assert presets == {"io_microbench", "write_scaling", "fio_parity", "qd_parity", "mmap_parity"}

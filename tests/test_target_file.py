@@ -16,7 +16,9 @@ from workloads.targets import file as file_target
 
 BS = 64 << 10
 # the in-process engines that read target=file: adding one here runs every case below with it
-ENGINES = ["sync"]
+ENGINES = ["sync", "uring", "mmap"]
+# (engine, direct) pairs: a mapping goes through the page cache, so engine=mmap reads buffered only
+ENGINE_MODES = [(e, d) for e in ENGINES for d in (False, True) if not (e == "mmap" and d)]
 # one file, a directory of 3 and a glob of the same 3: sizes with tails shorter than a block
 SIZES = [1 << 20, (1 << 20) + 12345, (2 << 20) - 1]
 
@@ -58,10 +60,9 @@ def spec(path, **kw) -> Spec:
                    "block_size": BS, **kw})
 
 
-@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("engine, direct", ENGINE_MODES)
 @pytest.mark.parametrize("layout", ["one", "dir", "glob"])
 @pytest.mark.parametrize("writers", [1, 2])
-@pytest.mark.parametrize("direct", [False, True])
 @pytest.mark.parametrize("pattern", ["seq_read", "rand_read"])
 def test_reads_the_files_in_place_and_changes_nothing(tmp_path, engine, layout, writers, direct, pattern):
     path, files = make_files(tmp_path, layout)
@@ -70,7 +71,7 @@ def test_reads_the_files_in_place_and_changes_nothing(tmp_path, engine, layout, 
     assert fingerprint(files) == before  # bytes, size, mtime, ctime, and no file added or removed
     want = working_set(files, writers)
     assert r.bytes_read == want and r.ops_read * BS == want and r.bytes_written == 0 and r.ops_written == 0
-    assert r.io_mode == ("direct" if direct else "buffered")
+    assert r.io_mode == ("mmap" if engine == "mmap" else "direct" if direct else "buffered")
     unread = sum(p.stat().st_size for p in files) - want
     assert any(f"target=file: {unread} of" in w and "not read" in w for w in r.warnings) == (unread > 0)
     assert r.info["target_path"] == path
