@@ -19,7 +19,7 @@ BAD = [
     ("writers=two", "writers"), ("writers=0", "writers"), ("writers=100000", "writers"),
     ("size_mb=lots", "size_mb"), ("size_mb=0", "size_mb"), ("size_mb=-5", "size_mb"),
     ("duration_s=soon", "duration_s"), ("duration_s=0", "duration_s"), ("duration_s=-1", "duration_s"),
-    ("pattern=zigzag", "seq_read"), ("engine=nope", "fio, mmap, null, sync"), ("target=nfs9", "local"),
+    ("pattern=zigzag", "seq_read"), ("engine=nope", "fio, mmap, null, sync, uring"), ("target=nfs9", "local"),
     ("block_sz=4", "did you mean block_kb"), ("pattern.readpct=5", "did you mean pattern.read_pct"),
     ("direct=true block_kb=6", "multiple of 4 KiB"), ("data.compress_ratio=2.5", "data.compress_ratio"),
     ("data.dedup_ratio=0", "data.dedup_ratio"), ("pattern=mixed pattern.read_pct=150", "pattern.read_pct"),
