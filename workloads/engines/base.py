@@ -4,7 +4,7 @@ An engine says *how each op is issued*; what is accessed (targets/) and which op
 (patterns.py) vary independently of it. Two kinds:
 
 - in-process (sync, uring, mmap, null): `issuer()` gives each worker an Issuer, which issues the
-  worker's ops one group at a time through the engine's C issue function (workloads/_hotloop.c)
+  worker's ops one group at a time through the engine's C issue function (workloads/_hotloop*.c)
   and times each op into the worker's histograms. The worker loop (worker.py) never knows which.
 - external (fio): `run_job()` runs the whole point itself and returns a Result.
 

@@ -1,5 +1,5 @@
 """Memory-mapped I/O, like fio's mmap ioengine: each worker maps its region of the file MAP_SHARED
-and every op is a memory access, timed with its page faults (workloads/_hotloop.c: mmap_ops).
+and every op is a memory access, timed with its page faults (workloads/_hotloop_mmap.c: mmap_ops).
 
 - A read memcpy's the block out of the mapping (`engine.access=copy`, what fio's mmap engine
   does) or reads one byte of each 4 KiB page of it (`touch`: the cost of faulting the pages in,

@@ -1,7 +1,7 @@
 """io_uring with a queue depth: up to `iodepth` ops in flight per worker (fio's io_uring engine).
 
 Each worker sets up its own ring through raw syscalls in the C extension (`uring_*` in
-workloads/_hotloop.c; no liburing, so a fresh machine needs nothing beyond the kernel's UAPI
+workloads/_hotloop_uring.c; no liburing, so a fresh machine needs nothing beyond the kernel's UAPI
 header). Each slot of the ring reads into its own block of the read buffer (iodepth x block,
 page-aligned for O_DIRECT); writes reference blocks of the worker's write chunk. Ops stay in
 flight across the worker's groups; a write chunk is only handed back once its writes completed.
