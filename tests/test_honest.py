@@ -99,18 +99,22 @@ def test_measured_stream_is_the_bytes_on_disk(tmp_path):
     assert regenerated[:s.file_size] == on_disk
 
 
-@pytest.mark.parametrize("pattern", ["rand_read", "seq_write", "mixed"])
-def test_fio_engine_runs_the_same_point(tmp_path, pattern):
+@pytest.mark.parametrize("pattern, ioengine, iodepth", [
+    ("rand_read", None, 1), ("seq_write", None, 1), ("mixed", None, 1), ("seq_read", None, 1),
+    ("rand_write", None, 1), ("rand_read", "io_uring", 8),  # fio at a queue depth: what qd_parity compares
+])
+def test_fio_engine_runs_the_same_point(tmp_path, pattern, ioengine, iodepth):
     s = spec(tmp_path, engine="fio", pattern=pattern, block_size=4096, writers=2, size_bytes=32 * MIB,
-             direct=True, read_pct=60, duration_s=1.0)
+             direct=True, read_pct=60, duration_s=1.0, ioengine=ioengine, iodepth=iodepth)
     r = run(s)
     m = r.metrics()
     job = r.attachments["fio_job.fio"]
+    assert f"iodepth={iodepth}" in job and f"ioengine={ioengine or 'psync'}" in job
     assert "numjobs=2" in job and "bs=4096" in job and "direct=1" in job and "time_based=1" in job
     assert f"rw={fio_engine.RW[pattern]}" in job
     assert m["throughput_mib_s"] > 0 and m["iops"] > 0 and 0 < m["lat_p50_us"] <= m["lat_p99_us"]
     assert r.latency.total == m["ops_total"]  # fio's bins became our histogram, op for op
-    assert (r.bytes_read > 0) == (pattern != "seq_write")
+    assert (r.bytes_read > 0) == pattern.endswith(("read", "mixed"))
     assert '"jobs"' in r.attachments["fio_output.json"]
     assert not (tmp_path / "t").exists() or list((tmp_path / "t").iterdir()) == []  # fio's logs removed too
 

@@ -24,9 +24,10 @@ def leftovers(tmp_path):
     return sorted(p.name for p in d.iterdir()) if d.exists() else []
 
 
+@pytest.mark.parametrize("engine", ["sync", "null"])  # uring and mmap: tests/test_uring.py, test_mmap.py
 @pytest.mark.parametrize("pattern", ["seq_write", "seq_read", "rand_read", "rand_write", "mixed"])
-def test_each_pattern_moves_the_whole_working_set_once(tmp_path, pattern):
-    s = spec(tmp_path, pattern=pattern, read_pct=50)
+def test_each_pattern_moves_the_whole_working_set_once(tmp_path, pattern, engine):
+    s = spec(tmp_path, pattern=pattern, read_pct=50, engine=engine)
     r = run(s)
     m = r.metrics()
     assert m["bytes_total"] == s.file_size * s.writers
