@@ -180,7 +180,8 @@ class FioEngine(Engine):
             elapsed_s=max(rd["runtime"], wr["runtime"]) / 1000, bytes_read=rd["io_bytes"],
             bytes_written=wr["io_bytes"], ops_read=rd["total_ios"], ops_written=wr["total_ios"],
             lat_read=histogram(rd["clat_ns"]), lat_write=histogram(wr["clat_ns"]),
-            io_mode=placement.io_mode, cpu_s=cpu_s, warnings=warnings, timeseries=series,
+            io_mode="mmap" if spec.ioengine == "mmap" and placement.io_mode == "buffered" else placement.io_mode,
+            cpu_s=cpu_s, warnings=warnings, timeseries=series,
             info={"fio_version": out.get("fio version", ""), "ramp_done": True},
             attachments={"fio_job.fio": job, "fio_output.json": proc.stdout},
         )
