@@ -221,7 +221,7 @@ def run_point(cfg: DictConfig) -> float:
             "parent_run_id": tracking.parent_run_id() if multirun else None}
     try:
         objective = _objective(cfg)
-        spec = to_spec(cfg)
+        spec = workloads.checked(to_spec(cfg))  # a point its engine or target refuses prints no header
         print(f"iosweep: {console.describe(spec)}", flush=True)
         result = workloads.run(spec, progress=progress)
     except Interrupted as stopped:  # record what was measured as KILLED, then stop (a sweep too)

@@ -17,15 +17,22 @@ from .processes import run_workers
 from .spec import Spec
 
 
-def run(spec: Spec, progress=None) -> Result:
-    """Run one measured point (`repeats` times). `progress(elapsed_s, bytes_done, mib_s)` is called
-    about once a second. Raises ConfigError for bad input (before any I/O), WorkloadError for I/O."""
+def checked(spec: Spec) -> Spec:
+    """The spec as it will run, checked against its target and engine; ConfigError before any I/O.
+    A caller may check first to say nothing about a point that cannot run."""
     spec.check()
     resolve = getattr(targets.get(spec.target), "resolve", None)
     if resolve is not None:  # the target fixes what the spec leaves to it (target=file: the files' size)
         spec = resolve(spec).check()
+    engines.get(spec.engine).check(spec)
+    return spec
+
+
+def run(spec: Spec, progress=None) -> Result:
+    """Run one measured point (`repeats` times). `progress(elapsed_s, bytes_done, mib_s)` is called
+    about once a second. Raises ConfigError for bad input (before any I/O), WorkloadError for I/O."""
+    spec = checked(spec)
     engine = engines.get(spec.engine)
-    engine.check(spec)
     results: list[Result] = []
     try:
         for _ in range(spec.repeats):
