@@ -59,7 +59,8 @@ def result_table(result: Result) -> str:
     info = result.info
     n = int(m.get("repeats", 1))
     pooled = f" (pooled: {n} repeats)" if n > 1 else ""
-    lines = [f"  io_mode {result.io_mode}   fs {info.get('fs_type', '?')} on {info.get('device') or '?'}"]
+    lines = [f"  io_mode {result.io_mode}   fs {info.get('fs_type', '?')} on {info.get('device') or '?'}"
+             + (f"   {info['hint']}" if info.get("hint") else "")]
     if n > 1:
         lines += [f"  {'throughput':>12} {m['throughput_mib_s']:10.1f} MiB/s (mean of {n} repeats)   "
                   f"iops {m['iops']:.0f} (pooled: all ops / all windows)",
