@@ -14,8 +14,9 @@
   posix_fadvise for a file, madvise for a mapping; the kernel reads them in the background),
   never advising the same block twice (the seed's "prefetch cache"). The worker's ops are issued
   in groups of blocks/2, each preceded by this check, so the window stays ahead of the reads.
-  Counters: `prefetch_issued` (blocks advised) and `prefetch_used` (advised blocks found in the
-  page cache, resident or being read in, by mincore(2) just before the workload read them).
+  Counters: `prefetch_issued` (blocks advised) and `prefetch_used` (advised blocks whose pages
+  had all arrived in the page cache when the workload read them: mincore(2) just before the read,
+  which counts only pages read in, not those still in flight -- the prefetch was in time).
 
 Hints steer the page cache, so they apply to reads only and never with direct=true: both are
 refused in one line (Spec.check calls check()), as is what an engine cannot express.
@@ -142,7 +143,8 @@ class Residency:
         self.vec = np.zeros(self.size // PAGE + 1, dtype=np.uint8)
 
     def resident_blocks(self, offsets: np.ndarray, block: int) -> int:
-        """How many of the blocks at these file offsets are in the page cache in full."""
+        """How many of the blocks at these file offsets are in the page cache in full (mincore counts a
+        page once its read completed: a page still being read in is not resident yet)."""
         lo, hi = int(offsets.min()), int(offsets.max()) + block
         first = (lo - self.off) // PAGE
         pages = (hi - self.off + PAGE - 1) // PAGE - first
