@@ -228,3 +228,20 @@ def test_a_cold_read_logs_sane_device_figures_and_the_hint(tmp_path):
     assert 4 <= m["device_read_req_kb"] <= 64 * 1024, m
     assert m["device_read_req_kb"] == pytest.approx(m["device_read_bytes"] / m["device_read_ios"] / 1024)
     assert m["prefetch_issued"] > 0 and "prefetch_used" in m
+
+
+def test_the_sweep_summary_csv_carries_the_device_columns(tmp_path):
+    from runner import summary
+
+    def point(hint, req_kb):
+        return {"status": "FINISHED", "valid": True, "error": None, "run_id": "r",
+                "overrides": ["pattern=seq_read", f"hint={hint}"],
+                "metrics": {"throughput_mib_s": 1.0, "device_read_req_kb": req_kb, "device_read_merges": 0.0}}
+    columns, table = summary.rows([point("none", 3855.0), point("random", 64.0)])
+    summary.write_csv(tmp_path / "s.csv", columns, table)
+    import csv
+    with open(tmp_path / "s.csv") as f:
+        got = list(csv.DictReader(f))
+    assert [(r["hint"], r["device_read_req_kb"], r["device_read_merges"]) for r in got] == \
+        [("none", "3855.0", "0.0"), ("random", "64.0", "0.0")]
+    assert "prefetch_used" not in got[0]  # only the columns the points have
