@@ -179,7 +179,11 @@ class Prefetching:
         self.streak = 0  # sequential reads seen in a row, ending at `last`
         self.ahead = (0, 0)  # [from, to) advised so far, ahead of the reads
         self.issued = self.used = 0
-        self.resident = Residency(inner.fd, inner.base, inner.length)
+        # Linux >= 5.0 shows mincore only the page cache of files one owns or may write: elsewhere
+        # prefetch_used is not knowable, and is left out rather than reported as 0
+        st = os.fstat(inner.fd)
+        visible = os.geteuid() in (0, st.st_uid) or os.access(f"/proc/self/fd/{inner.fd}", os.W_OK)
+        self.resident = Residency(inner.fd, inner.base, inner.length) if visible else None
 
     def __getattr__(self, name):  # fd, base, length, map, drain, flush, close...: the wrapped issuer's
         return getattr(self.inner, name)
@@ -196,7 +200,7 @@ class Prefetching:
                 self._prefetch(self.last + self.bs)
             a, b = self.ahead
             mine = ops[reads & (ops >= a) & (ops < b)]  # reads of blocks this prefetcher advised
-            if len(mine):
+            if len(mine) and self.resident is not None:
                 self.used += self.resident.resident_blocks(mine, self.bs)
             done, wi, n_r, n_w, err, ret = self.inner.run(offsets, pos, n, flags, wchunk, wi, rec_r, rec_w,
                                                           timed, stop, deadline)
@@ -231,10 +235,12 @@ class Prefetching:
         self.inner.start_window()
 
     def counters(self) -> dict[str, float]:
-        return {**self.inner.counters(), "prefetch_issued": float(self.issued), "prefetch_used": float(self.used)}
+        used = {"prefetch_used": float(self.used)} if self.resident is not None else {}
+        return {**self.inner.counters(), "prefetch_issued": float(self.issued), **used}
 
     def close(self) -> None:
-        self.resident.close()
+        if self.resident is not None:
+            self.resident.close()
         self.inner.close()
 
 
