@@ -118,6 +118,7 @@ def to_spec(cfg: DictConfig) -> Spec:
         seed=_whole(cfg, "seed", 0), keep_files=_switch(cfg, "keep_files"),
         log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
         latency=_switch(cfg, "latency"), access=cfg.engine.access, **_uring_knobs(cfg),
+        hint=cfg.hint, prefetch_blocks=_whole(cfg, "prefetch.blocks", 0), prefetch_after=_whole(cfg, "prefetch.after", 0),
     ).check()
 
 
@@ -163,6 +164,7 @@ APPLIES = {
     **{f"engine.{k}": (lambda c: c.engine.name == "uring")
        for k in ("batch_submit", "batch_complete", "fixed_files", "fixed_bufs", "sqpoll")},
     "engine.access": lambda c: c.engine.name == "mmap",
+    "prefetch.after": lambda c: c.prefetch.blocks != 0,
     "target.dir": lambda c: c.target.name not in ("device", "file"),
     "target.path": lambda c: c.target.name in ("device", "file"),
     "target.size_mb": lambda c: c.target.name == "file",

@@ -8,7 +8,7 @@ series), metrics.py (histograms, Result), judge.py (is it storage truth).
 """
 from __future__ import annotations
 
-from . import engines, targets
+from . import engines, hints, targets
 from .data import measure_ratios
 from .errors import Interrupted, WorkloadError
 from .judge import judge
@@ -79,6 +79,8 @@ def _run_once(spec: Spec, engine, progress) -> Result:
         if result is not None:  # also what an interrupted run measured: say where it ran
             result.warnings[:0] = placement.warnings
             result.info.update(placement.info())
+            if hints.describe(spec):
+                result.info["hint"] = hints.describe(spec)
             if spec.keep_files:
                 result.info["files"] = [str(p) for p in placement.files]
         if not spec.keep_files:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError, WorkloadError
+from ..hints import FIO_FADVISE
 from ..metrics import MIB, LatencyHistogram, Result
 from ..spec import FIO_IOENGINES, Spec
 from .base import Engine, register
@@ -73,6 +74,8 @@ def job_file(spec: Spec, placement, logs: Path) -> str:
                ("write_bw_log", log), ("write_iops_log", log)]
     if spec.pattern == "mixed":
         options.append(("rwmixread", spec.read_pct))
+    if spec.hint != "none":  # hints.check refused what fadvise_hint cannot say; none keeps fio's default (1)
+        options.append(("fadvise_hint", FIO_FADVISE[spec.hint]))
     if spec.duration_s:
         options += [("time_based", 1), ("runtime", ms(spec.duration_s))]
     if spec.ramp_s:
