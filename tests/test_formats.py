@@ -3,12 +3,13 @@ the Result counts exactly what was read; bad input is one line; the finding comp
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from hydra import compose, initialize_config_dir
 
 from conftest import mlflow_runs, run_cli
 from runner import app, schema, summary
-from workloads import ConfigError, DataSpec, Spec, formats, run
+from workloads import ConfigError, DataSpec, Interrupted, Spec, WorkloadError, formats, job, run
 
 schema.register()
 app.register_resolvers()
@@ -81,6 +82,35 @@ def test_cold_loads_reach_the_device_and_warm_ones_are_flagged(tmp_path):
         assert cold.metrics()["cache_served_pct"] < 10 and cold.valid, cold.warnings
     warm = run(table_spec(tmp_path, "binary", rows=2000, cache="warm"))
     assert not warm.valid and any("cache=warm" in w for w in warm.warnings)
+
+
+def test_a_stopped_run_keeps_what_its_loads_measured_and_cleans_up(tmp_path):
+    """The process machinery holds for format_read: Ctrl-C (here from the progress callback) stops
+    the workers after their current load, the partial result counts whole loads, files go."""
+    def stop(*_):
+        raise KeyboardInterrupt
+
+    with pytest.raises(Interrupted) as e:
+        job.run(table_spec(tmp_path / "t", "npy", rows=5000, writers=2, duration_s=30.0), progress=stop)
+    partial = e.value.partial
+    assert partial is not None and partial.info["stopped"] and not partial.valid
+    assert partial.ops_read >= 1 and partial.counters["rows_read"] == 5000 * partial.ops_read
+    assert partial.bytes_read == partial.ops_read * partial.info["file_bytes"] // 2  # both .npy files: same size
+    assert list((tmp_path / "t").iterdir()) == []
+
+
+def test_a_worker_killed_mid_load_fails_the_run_and_cleans_up(tmp_path):
+    killed = []
+
+    def kill_one(*_):
+        if not killed:
+            worker = next(c for c in psutil.Process().children() if "resource_tracker" not in " ".join(c.cmdline()))
+            worker.kill()
+            killed.append(True)
+
+    with pytest.raises(WorkloadError, match=r"worker \d died without a result \(exit code -9\)"):
+        job.run(table_spec(tmp_path / "t", "csv", rows=5000, writers=2, duration_s=30.0), progress=kill_one)
+    assert list((tmp_path / "t").iterdir()) == []
 
 
 # ---- bad input -----------------------------------------------------------------------------------
