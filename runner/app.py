@@ -114,7 +114,8 @@ def to_spec(cfg: DictConfig) -> Spec:
         direct_fallback=_switch(cfg, "direct_fallback"), end_fsync=_switch(cfg, "end_fsync"),
         engine=cfg.engine.name, ioengine=cfg.engine.ioengine, target=cfg.target.name, target_dir=cfg.target.dir,
         target_path=cfg.target.path, allow_overwrite=_switch(cfg, "target.allow_overwrite"),
-        data=DataSpec(cfg.data.name, _whole(cfg, "data.compress_ratio"), _whole(cfg, "data.dedup_ratio")),
+        data=DataSpec(cfg.data.name, _whole(cfg, "data.compress_ratio"), _whole(cfg, "data.dedup_ratio"),
+                      cfg.data.format, None if cfg.data.rows is None else _whole(cfg, "data.rows")),
         seed=_whole(cfg, "seed", 0), keep_files=_switch(cfg, "keep_files"),
         log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
         latency=_switch(cfg, "latency"), access=cfg.engine.access, **_uring_knobs(cfg),
@@ -151,6 +152,8 @@ def _size_bytes(cfg: DictConfig) -> int | None:
 def run_name(cfg: DictConfig) -> str:
     def get(key):  # a bad interpolation must not stop the point before to_spec names it
         return OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+    if get("pattern.name") == "format_read":  # no blocks: the table's format and rows say what it read
+        return f"format_read {get('data.format')} {get('data.rows')} rows x{get('writers')}"
     return f"{get('pattern.name')} {get('block_kb')}k x{get('writers')} {get('engine.name')}"
 
 
@@ -168,10 +171,13 @@ APPLIES = {
     "target.dir": lambda c: c.target.name not in ("device", "file"),
     "target.path": lambda c: c.target.name in ("device", "file"),
     "target.size_mb": lambda c: c.target.name == "file",
-    "size_mb": lambda c: c.target.name != "file",  # target=file reads the files' size (target.size_mb caps it)
+    "size_mb": lambda c: c.target.name != "file"  # target=file reads the files' size (target.size_mb caps it)
+    and c.pattern.name != "format_read",  # format_read: data.rows sizes the table
     "target.allow_overwrite": lambda c: c.target.name == "device",
-    "data.compress_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file",  # file: the user's bytes
-    "data.dedup_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file",
+    "data.compress_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file"  # file: the user's bytes
+    and c.pattern.name != "format_read",  # format_read: numpy's table, not dgen's bytes
+    "data.dedup_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file" and c.pattern.name != "format_read",
+    "block_kb": lambda c: c.pattern.name != "format_read",  # a load is one call of the format's reader
 }
 
 

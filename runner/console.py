@@ -46,6 +46,9 @@ def describe(spec: Spec) -> str:
     what = f"{spec.pattern}" + (f" read_pct={spec.read_pct}" if spec.pattern == "mixed" else "")
     how = f"duration {spec.duration_s:g} s" if spec.duration_s else \
         "all of target.path" if spec.size_bytes is None else f"{spec.size_bytes >> 20} MiB"
+    if spec.pattern == "format_read":  # no blocks, no size_mb: a table of data.rows rows per worker, loaded whole
+        return (f"format_read {spec.data.format} {spec.data.rows} rows  writers {spec.writers}  "
+                f"{how if spec.duration_s else 'one load each'}  target {spec.target}:{spec.target_dir}")
     return (f"{what}  block {spec.block_size >> 10} KiB  writers {spec.writers}  {how}  "
             f"engine {spec.engine}  direct {str(spec.direct).lower()}  "
             f"target {spec.target}:{spec.target_path if spec.target in ('device', 'file') else spec.target_dir}")
@@ -89,7 +92,10 @@ def result_table(result: Result) -> str:
                 lines.append(f"  {'':>12} {kind}s: {m[f'device_{kind}_ios']:.0f} requests of "
                              f"{m[f'device_{kind}_req_kb']:.0f} KiB on average, {m[f'device_{kind}_merges']:.0f} "
                              f"merged, await {m[f'device_{kind}_await_ms']:.2f} ms")
-    if result.counters:  # the engine's own counters over the window, e.g. engine=mmap's page faults
+    if "rows_per_s" in m:  # pattern=format_read: decoded rows, the file's size, where the CPU went
+        lines.append(f"  {'table':>12} {m['rows_per_s']:10.0f} rows/s   file {m['file_mib']:.1f} MiB   "
+                     f"CPU decode (user) {m['decode_cpu_s']:.3f} s, read (system) {m['read_sys_cpu_s']:.3f} s")
+    elif result.counters:  # the engine's own counters over the window, e.g. engine=mmap's page faults
         lines.append("  engine       " + "   ".join(f"{k} {v:.0f}" for k, v in sorted(result.counters.items()))
                      + (f" (total over {n} repeats)" if n > 1 else ""))
     if "data_compress_ratio_measured" in m:

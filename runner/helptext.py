@@ -21,6 +21,20 @@ def _line(setting: str, meaning: str) -> str:
     return f"  {setting:<28} {meaning}"
 
 
+_SECTION = re.compile(r"^(\w+):\s*$")  # data:
+_NESTED = re.compile(r"^\s+(\w+):\s*(\S.*?)\s*#\s*(.*)$")  #   format: binary   # meaning
+
+
+def _nested_keys(lines: list[str], choice: str, out: dict) -> None:
+    """`section.key` lines of a `# @package _global_` pattern file, as `(pattern=choice) meaning`."""
+    section = None
+    for text in lines:
+        if m := _SECTION.match(text):
+            section = m[1]
+        elif section and (m := _NESTED.match(text)) and f"{section}.{m[1]}" not in out:
+            out[f"{section}.{m[1]}"] = _line(f"{section}.{m[1]}={m[2]}", f"(pattern={choice}) {m[3]}")
+
+
 def knob_help(conf: Path = CONF) -> str:
     """Groups and knobs as `key=default  meaning`, from the `key: value  # meaning` lines in conf/."""
     groups, knobs = [], []
@@ -38,7 +52,9 @@ def knob_help(conf: Path = CONF) -> str:
     for group in GROUPS:
         for f in sorted((conf / group).glob("*.yaml")):
             lines = f.read_text().splitlines()
-            if "# @package _global_" in lines:  # points and studies set top-level knobs
+            if "# @package _global_" in lines:  # points and studies set top-level knobs...
+                if group == "pattern":  # ...a pattern that brings its own keys (format_read: data.format)
+                    _nested_keys(lines, f.stem, group_keys)
                 continue
             for text in lines:
                 m = _TOP_KEY.match(text)

@@ -51,6 +51,8 @@ class DataConf:
     name: str = "dgen"
     compress_ratio: Any = 1
     dedup_ratio: Any = 1
+    format: Optional[str] = None  # pattern=format_read only (conf/pattern/format_read.yaml sets it)
+    rows: Any = None  # pattern=format_read only: rows of each worker's table
 
 
 @dataclass

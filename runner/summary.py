@@ -106,6 +106,8 @@ DEVICE_METRICS = ("device_read_req_kb", "device_read_merges", "device_read_await
                   "prefetch_used")
 NUMERIC_AXES = ("block_kb", "writers", "iodepth", "size_mb", "duration_s", "pattern.read_pct",
                 "data.compress_ratio", "data.dedup_ratio")
+TABLE_METRICS = ("rows_per_s", "file_mib")  # pattern=format_read: what format_ratios compares
+FORMATS = ("binary", "npy", "csv", "parquet")  # data.format, in the order findings name them; binary is the base
 KNEE_GAIN = 0.10  # "beyond this block size, throughput gains < 10%"; the same for IOPS per iodepth step
 LITTLE_TOLERANCE = 0.15  # Little's law: IOPS x mean latency within 15% of the ops kept in flight
 # Settings a plot names when every point shares them (from the points' params), in this order.
@@ -141,6 +143,7 @@ def rows(points: list[dict]) -> tuple[list[str], list[dict]]:
         row.update({m: p["metrics"].get(m, float("nan")) for m in KEY_METRICS})
         row.update({m: p["metrics"][m] for m in REPEAT_METRICS if m in p["metrics"]})
         row.update({m: p["metrics"][m] for m in DEVICE_METRICS if m in p["metrics"]})
+        row.update({m: p["metrics"].get(m, float("nan")) for m in TABLE_METRICS})  # nan: not a format_read run
         row["error"] = secrets.mask_text(p.get("error") or "")
         row["run_id"] = p.get("run_id") or ""
         # not columns: which point the run measured (trials of one point share it), and its config
@@ -154,6 +157,7 @@ def rows(points: list[dict]) -> tuple[list[str], list[dict]]:
 def _csv_fields(columns: list[str], table: list[dict]) -> list[str]:
     extra = list(REPEAT_METRICS) if _has_repeats(table) else []
     extra += [m for m in DEVICE_METRICS if any(m in r for r in table)]
+    extra += [m for m in TABLE_METRICS if any(r.get(m) == r.get(m) for r in table)]  # nan != nan: no table run
     return columns + ["status", "valid", *KEY_METRICS, *extra, "error", "run_id"]
 
 
@@ -345,6 +349,32 @@ def littles_law(series: list[tuple[float, dict]]) -> list[str]:
     return out
 
 
+def format_ratios(table: list[dict], axes: list[str]) -> list[str]:
+    """pattern=format_read swept over data.format: each format's decoded rows/s against binary's
+    (the raw array: the fastest a table can be read) at the same other axes, from valid runs."""
+    others = [a for a in axes if a != "data.format"]
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in aggregate(table, metric="rows_per_s"):  # only format_read runs have rows_per_s
+        groups.setdefault(tuple((a, r[a]) for a in others), {})[r["data.format"]] = r
+    out = []
+    for key, by_format in sorted(groups.items(), key=lambda kv: _natural(kv[0])):
+        where = f" ({_label(key)})" if key else ""
+        base = by_format.get("binary")
+        rest = sorted((f for f in by_format if f != "binary"), key=lambda f: (FORMATS + (f,)).index(f))
+        if not rest:
+            continue
+        if base is None or base["rows_per_s"] <= 0:
+            out.append(f"Formats{where}: no valid data.format=binary run to compare {', '.join(rest)} with")
+            continue
+        for f in rest:
+            r = by_format[f]
+            out.append(f"{f} {r['rows_per_s'] / base['rows_per_s']:.2f}x of binary rows/s "
+                       f"({r['rows_per_s']:,.0f} vs {base['rows_per_s']:,.0f} rows/s; "
+                       f"{r['throughput_mib_s']:.1f} vs {base['throughput_mib_s']:.1f} MiB/s of a file "
+                       f"{r['file_mib'] / base['file_mib']:.2f}x the size){where}")
+    return out
+
+
 def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[str]:
     """What the sweep says, from the valid points of its table and its engine_ratios()."""
     axes = sweep_axes(columns)
@@ -399,6 +429,8 @@ def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[
             speedups = [v[seq] / v[rnd] for v in by_key.values() if seq in v and rnd in v and v[rnd] > 0]
             if speedups:
                 out.append(f"{seq} is {np.median(speedups):.1f}x {rnd} (median over {len(speedups)} matched points)")
+    if "data.format" in axes:
+        out += format_ratios(table, axes)
     for r in table:
         if r["status"] != "FINISHED":
             out.append(f"FAILED: {' '.join(f'{a}={r[a]}' for a in columns)}: {r['error']}")

@@ -142,4 +142,5 @@ def test_presets_run_in_a_smoke_size(tmp_path, preset, smoke):
 
 def test_every_preset_is_covered_by_the_smoke_test():
     presets = {p.stem for p in (CONF / "experiment").glob("*.yaml")}
-    assert presets == {"io_microbench", "write_scaling", "fio_parity", "qd_parity", "mmap_parity", "readahead_ab"}
+    assert presets == {"io_microbench", "write_scaling", "fio_parity", "qd_parity", "mmap_parity", "readahead_ab",
+                       "io_microbench_formats"}  # its smoke run: tests/test_formats.py

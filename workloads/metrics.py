@@ -208,6 +208,10 @@ class Result:
             m.update(repeat_stats(self.repeat_throughputs))
         m.update(self.data_measured)
         m.update(self.counters)
+        if "rows_read" in self.counters and el > 0:  # pattern=format_read: decoded rows
+            m["rows_per_s"] = self.counters["rows_read"] / el
+        if "file_bytes" in self.info:  # pattern=format_read: the table files' size on disk
+            m["file_mib"] = self.info["file_bytes"] / MIB
         if self.device_read_bytes is not None:
             m["device_read_bytes"] = float(self.device_read_bytes)
             m["device_write_bytes"] = float(self.device_write_bytes)

@@ -13,7 +13,7 @@ import psutil
 from .data import write_source
 from .errors import WorkloadError
 from .metrics import MIB
-from .spec import Spec
+from .spec import FORMAT_READ, Spec
 
 
 def lay_out(fd: int, spec: Spec, source, base: int = 0) -> None:
@@ -54,6 +54,10 @@ def prepare_files(spec: Spec, placement) -> list[str]:
                     lay_out(fd, spec, source, placement.offset(worker, spec.file_size))
                 finally:
                     source.close()
+            elif spec.pattern == FORMAT_READ:  # the worker's table in its format; evict() below fsyncs it
+                from .formats import write_worker_file
+
+                write_worker_file(spec, worker, str(path))
             if spec.cache != "warm":
                 evict(fd, sync=not spec.read_only_target)
         except OSError as e:  # a full disk (or an I/O error) while laying out: one line, as in the window
@@ -68,7 +72,7 @@ def prepare_files(spec: Spec, placement) -> list[str]:
         why = drop_caches()
         if why:
             warnings.append(why)
-    if layout:
+    if layout or spec.pattern == FORMAT_READ:
         settle(placement.device)
     return warnings
 

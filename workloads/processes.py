@@ -24,7 +24,8 @@ from .errors import Interrupted, WorkloadError
 from .metrics import LatencyHistogram, Result
 from .prepare import describe_error, device_counters, prepare_files
 from .sampler import Sampler
-from .spec import Spec
+from .formats import format_loop
+from .spec import FORMAT_READ, Spec
 from .worker import Aborted, worker_loop
 
 POLL_S = 0.05
@@ -68,8 +69,9 @@ def _worker_main(spec, worker, extents, direct, shared, go, out, parent):
         shared.starts[worker] = time.perf_counter_ns()
 
     try:
-        result = worker_loop(spec, worker, None, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
-                             extents=extents)
+        loop = format_loop if spec.pattern == FORMAT_READ else worker_loop  # format_read: numpy/pyarrow loads
+        result = loop(spec, worker, None, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
+                      extents=extents)
         result["error"] = None
     except Aborted:
         result["aborted"] = True
@@ -317,12 +319,14 @@ def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> R
     t_end = max(o["t_end"] for o in outs)
     return Result(
         elapsed_s=(t_end - t_measure) / 1e9,
-        bytes_read=ops_r * spec.block_size, bytes_written=ops_w * spec.block_size,
+        bytes_read=sum(o.get("bytes_r", o["ops_r"] * spec.block_size) for o in outs),  # format_read: file bytes
+        bytes_written=ops_w * spec.block_size,
         ops_read=ops_r, ops_written=ops_w, lat_read=hist_r, lat_write=hist_w,
         io_mode=placement.io_mode, cpu_s=sum(o["cpu_s"] for o in outs),
         datagen_wait_s=sum(o["datagen_wait_ns"] for o in outs) / 1e9,
         timeseries=timeseries,
-        info={"stopped": any(o.get("stopped") for o in outs), "ramp_done": all(o["ramp_done"] for o in outs)},
+        info={"stopped": any(o.get("stopped") for o in outs), "ramp_done": all(o["ramp_done"] for o in outs),
+              **({"file_bytes": sum(o["file_bytes"] for o in outs)} if "file_bytes" in outs[0] else {})},
         counters=merge_counters([o.get("counters") or {} for o in outs]),
     )
 

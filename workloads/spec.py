@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")
+FORMAT_READ = "format_read"  # not a block pattern: loads a table file with numpy/pyarrow (workloads/formats.py)
+TABLE_FORMATS = ("binary", "npy", "csv", "parquet")  # data.format of pattern=format_read
 CACHE_MODES = ("cold", "warm", "drop")
 DATA_KINDS = ("dgen", "zeros")
 PAGE = 4096
@@ -57,6 +59,8 @@ class DataSpec:
     kind: str = "dgen"
     compress_ratio: int = 1
     dedup_ratio: int = 1
+    format: str | None = None  # pattern=format_read only: one of TABLE_FORMATS
+    rows: int | None = None  # pattern=format_read only: rows of each worker's table
 
 
 @dataclass(frozen=True)
@@ -99,13 +103,17 @@ class Spec:
 
     @property
     def file_size(self) -> int:
-        """Bytes per writer file, rounded down to whole blocks."""
+        """Bytes per writer file, rounded down to whole blocks (format_read: an upper bound of its table file)."""
+        if self.pattern == FORMAT_READ and self.data.format in TABLE_FORMATS and self.data.rows:
+            from .formats import estimated_bytes
+
+            return estimated_bytes(self.data.format, self.data.rows)
         per = self.size_bytes // self.writers
         return per - per % self.block_size
 
     @property
     def reads(self) -> bool:
-        return self.pattern in ("seq_read", "rand_read", "mixed")
+        return self.pattern in ("seq_read", "rand_read", "mixed", FORMAT_READ)
 
     @property
     def writes(self) -> bool:
@@ -123,7 +131,7 @@ class Spec:
     @property
     def needs_layout(self) -> bool:
         """Reads and random writes run over files laid out in full beforehand, as fio does."""
-        return self.pattern != "seq_write"
+        return self.pattern not in ("seq_write", FORMAT_READ)  # format_read: formats.write_worker_file
 
     def check(self) -> "Spec":
         def positive(key, value, unit=""):
@@ -139,8 +147,9 @@ class Spec:
             if value > MAX_SECONDS:
                 raise ConfigError(key, value, f"must be at most {MAX_SECONDS} (one week, in seconds)")
 
-        if self.pattern not in PATTERNS:
-            raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(PATTERNS))
+        if self.pattern not in PATTERNS + (FORMAT_READ,):
+            raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(PATTERNS + (FORMAT_READ,)))
+        self._check_format_read()
         if self.block_size <= 0 or self.block_size % 1024:
             raise ConfigError("block_kb", self.block_size / 1024, "must be a whole number of KiB > 0")
         positive("writers", self.writers)
@@ -177,7 +186,7 @@ class Spec:
         if self.direct and self.block_size % PAGE:
             raise ConfigError("block_kb", self.block_size // 1024,
                               "direct=true needs a multiple of 4 KiB (or set direct=false)")
-        if not self.read_only_target and self.file_size < self.block_size:  # target=file: resolve() says
+        if not self.read_only_target and self.pattern != FORMAT_READ and self.file_size < self.block_size:  # target=file: resolve() says
             raise ConfigError("size_mb", self.size_bytes >> 20,
                               f"too small for writers={self.writers} x block_kb={self.block_size >> 10}: "
                               "each writer needs at least one block")
@@ -197,3 +206,28 @@ class Spec:
 
         check_hints(self)
         return self
+
+    def _check_format_read(self) -> None:
+        """data.format and data.rows belong to pattern=format_read, which reads its own table with
+        numpy/pyarrow: knobs that cannot apply there are refused, not ignored."""
+        if self.pattern != FORMAT_READ:
+            for key in ("format", "rows"):
+                if getattr(self.data, key) is not None:
+                    raise ConfigError(f"data.{key}", getattr(self.data, key),
+                                      f"applies to pattern=format_read only (this is pattern={self.pattern}): "
+                                      f"remove data.{key} or set pattern=format_read")
+            return
+        if self.data.format not in TABLE_FORMATS:
+            raise ConfigError("data.format", self.data.format, "choose one of " + ", ".join(TABLE_FORMATS))
+        rows = self.data.rows
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ConfigError("data.rows", rows, "must be a whole number >= 1 (rows of each worker's table)")
+        for key, bad, fix in (("engine", self.engine != "sync", "numpy and pyarrow read the file: use engine=sync"),
+                              ("direct", self.direct, "numpy and pyarrow read through the page cache: "
+                                                      "set direct=false (cache=cold evicts the file)"),
+                              ("target", self.target in ("file", "device"),
+                               "format_read writes its own table files: use target=local or tmpfs"),
+                              ("iodepth", self.iodepth != 1, "a load is one call of the format's reader: "
+                                                             "set iodepth=1")):
+            if bad:
+                raise ConfigError(key, getattr(self, key), f"not with pattern=format_read: {fix}")
