@@ -87,6 +87,7 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                     os.close(other_fd)
         issuer = engine.issuer(spec, fd, base, extents[0][2])
         current, earlier = 0, {}  # the extent being read; counters of the issuers already closed
+        written = {}  # files written and closed before the last one: end_fsync reaches them too
         rec_r, rec_w = Recorder(), Recorder()  # filled in place by the issuer
         ops_r = ops_w = wi = 0
         wchunk = wsrc.current_chunk() if spec.writes else None
@@ -115,6 +116,8 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                 earlier = _add(earlier, issuer.counters()) if measuring else {}
                 issuer.close()
                 issuer = None
+                if spec.writes:
+                    written[path] = None
                 os.close(fd)
                 fd = -1
                 current, (path, base, length) = index, extents[index]
@@ -158,6 +161,13 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
         hist_r, hist_w = rec_r.histogram(), rec_w.histogram()
         if spec.writes and fd >= 0 and spec.end_fsync:
             issuer.flush()  # written data reaches the device inside the window (fio end_fsync)
+            for other in written:  # a worker's other files: fio's end_fsync reopens and fsyncs each too
+                if other != path:
+                    other_fd = os.open(other, os.O_RDONLY)
+                    try:
+                        os.fsync(other_fd)
+                    finally:
+                        os.close(other_fd)
         t_end = clock()
         counters = _add(earlier, issuer.counters())
         if not measuring:  # the run ended inside the warm-up: nothing was measured
