@@ -653,7 +653,8 @@ def _attach_run_ids(c, parent: str | None, points: list[dict]) -> None:
 OBJECTIVES = ("throughput_mib_s", "iops", "elapsed_s", "bytes_total", "ops_total", "lat_mean_us", "lat_max_us",
               "lat_p50_us", "lat_p90_us", "lat_p99_us", "lat_p999_us", "read_throughput_mib_s",
               "write_throughput_mib_s", "read_iops", "write_iops", "read_lat_p99_us", "write_lat_p99_us",
-              "cpu_util_pct", "cache_served_pct", "device_read_bytes", "device_write_bytes")
+              "cpu_util_pct", "cache_served_pct", "device_read_bytes", "device_write_bytes",
+              *(f"{op}_{m}" for op in ("create", "stat", "open", "unlink") for m in ("per_s", "p50_us", "p99_us")))
 
 
 def describe_sweep(c, parent_id: str, notes: list[str]) -> None:

@@ -20,6 +20,12 @@ PAGE_CACHE_MODES = ("buffered", "mmap")  # I/O through the page cache: reads may
 def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
     invalid: list[str] = []
     notes: list[str] = []
+    if spec.metadata:  # mdtest's rates: of the filesystem with its caches, not of the device
+        notes.append("pattern=metadata: rates include the page, inode and dentry caches, as mdtest's do (each "
+                     "phase works on files the previous one just touched)")
+        if not result.info.get("ramp_done", True) or result.info.get("stopped"):
+            invalid.append("the run stopped inside a phase: its rates cover only the files handled")
+        return not invalid, invalid + notes
     fs = result.info.get("fs_type", "?")
     if result.io_mode == "none":
         invalid.append("engine=null does no I/O: the figures measure the harness, not storage")

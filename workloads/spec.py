@@ -219,7 +219,8 @@ class Spec:
         if fb is not None:
             if isinstance(fb, bool) or not isinstance(fb, int) or fb < 0 or fb % 1024 \
                     or (fb < MIN_FILE and not (fb == 0 and self.metadata)):
-                kb = fb / 1024 if isinstance(fb, (int, float)) and not isinstance(fb, bool) else fb
+                kb = (fb // 1024 if fb % 1024 == 0 else fb / 1024) \
+                    if isinstance(fb, (int, float)) and not isinstance(fb, bool) else fb
                 raise ConfigError("file_kb", kb, "must be a whole number of KiB >= 1 (or null: the writer's share "
                                                  "of size_mb)" + ("; 0 with pattern=metadata: empty files"
                                                                   if self.metadata else ""))
