@@ -75,7 +75,7 @@ def metadata_loop(spec, worker: int, directory: str, wait_start, ops_done=None, 
     clock = time.perf_counter_ns
     parent = os.getppid()
     phases, total = {}, 0
-    created = 0  # files this worker created and has not removed: removed if a phase fails or stops
+    alive = (0, 0)  # paths[lo:hi]: files this worker created and has not removed (removed if a phase fails)
     wait_start()
     if stop is not None and stop.value:
         raise Aborted()
@@ -93,9 +93,9 @@ def metadata_loop(spec, worker: int, directory: str, wait_start, ops_done=None, 
                 lat[i] = clock() - a
                 done = i + 1
                 if name == "create":
-                    created = done
+                    alive = (0, done)
                 elif name == "unlink":
-                    created = len(paths) - done
+                    alive = (done, len(paths))
                 if done % GROUP_OPS == 0:
                     if ops_done is not None:
                         ops_done[worker] = total + done
@@ -113,12 +113,11 @@ def metadata_loop(spec, worker: int, directory: str, wait_start, ops_done=None, 
         if phase_done is not None:
             phase_done[worker] = len(PHASES)  # no one waits for this worker any more
     finally:
-        if created:  # an interrupted run: remove what this worker created (the target removes the rest)
-            for path in paths:
-                try:
-                    os.unlink(path)
-                except FileNotFoundError:
-                    pass
+        for path in paths[alive[0]:alive[1]]:  # stopped or failed: what this worker created, never another's
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
     t_end = clock()
     return {"worker": worker, "t_start": t_first, "t_measure": t_first, "t_end": t_end, "hist_r": LatencyHistogram(),
             "hist_w": LatencyHistogram(), "ops_r": 0, "ops_w": 0, "cpu_s": cpu_s() - cpu0, "ops_total": total,
