@@ -161,3 +161,20 @@ def test_cli_bad_small_files_one_line_exit_2(tmp_path, args, key):
     assert p.returncode == 2
     assert p.stderr.strip().count("\n") == 0 and p.stderr.startswith(f"iosweep: error: {key}=")
     assert not (tmp_path / "outputs" / "scratch").exists() or not any((tmp_path / "outputs" / "scratch").iterdir())
+
+
+def test_summary_compares_each_file_count_against_one_file():
+    from runner import summary
+
+    def point(fpw, trial, mib_s):
+        ov = [f"files_per_writer={fpw}", f"trial={trial}"]
+        return {"status": "FINISHED", "valid": True, "error": None, "run_id": "-".join(ov), "overrides": ov,
+                "params": {"files_per_writer": str(fpw), "trial": str(trial)},
+                "metrics": {"throughput_mib_s": mib_s, "iops": mib_s * 256, "lat_p50_us": 1.0, "lat_p99_us": 2.0,
+                            "cpu_util_pct": 5.0, "elapsed_s": 1.0}}
+
+    pts = [point(f, t, v) for f, vs in ((1, (200, 220, 180)), (256, (100, 110, 90)), (4096, (20, 22, 18)))
+           for t, v in zip((1, 2, 3), vs)]
+    notes = summary.findings(*summary.rows(pts), [])
+    assert ("Small files (all points): one file per writer 200.0 MiB/s; 256 files 100.0 MiB/s (0.50x), "
+            "4096 files 20.0 MiB/s (0.10x)") in notes, notes

@@ -128,6 +128,8 @@ def test_every_run_carries_provenance(tmp_path):
                    "ramp_s=0.2", "size_mb=16"]),
     ("mmap_parity", ["hydra.sweeper.params.writers='1'", "hydra.sweeper.params.trial='1'", "duration_s=0.5",
                      "ramp_s=0.2", "size_mb=16"]),
+    ("small_files", ["hydra.sweeper.params.files_per_writer='1,16'", "hydra.sweeper.params.trial='1'",
+                     "size_mb=1"]),
 ])
 def test_presets_run_in_a_smoke_size(tmp_path, preset, smoke):
     p = run_cli(tmp_path, "-m", f"experiment={preset}", *smoke)
@@ -140,4 +142,4 @@ def test_presets_run_in_a_smoke_size(tmp_path, preset, smoke):
 
 def test_every_preset_is_covered_by_the_smoke_test():
     presets = {p.stem for p in (CONF / "experiment").glob("*.yaml")}
-    assert presets == {"io_microbench", "write_scaling", "fio_parity", "qd_parity", "mmap_parity"}
+    assert presets == {"io_microbench", "write_scaling", "fio_parity", "qd_parity", "mmap_parity", "small_files"}
