@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed", "metadata")
+PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")  # block ops over a worker's files
+FILE_OP_PATTERNS = ("metadata",)  # ops on files themselves (create, stat, open, unlink): workloads/metadata.py
 CACHE_MODES = ("cold", "warm", "drop")
 DATA_KINDS = ("dgen", "zeros")
 PAGE = 4096
@@ -154,8 +155,8 @@ class Spec:
             if value > MAX_SECONDS:
                 raise ConfigError(key, value, f"must be at most {MAX_SECONDS} (one week, in seconds)")
 
-        if self.pattern not in PATTERNS:
-            raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(PATTERNS))
+        if self.pattern not in PATTERNS + FILE_OP_PATTERNS:
+            raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(PATTERNS + FILE_OP_PATTERNS))
         if self.block_size <= 0 or self.block_size % 1024:
             raise ConfigError("block_kb", self.block_size / 1024, "must be a whole number of KiB > 0")
         positive("writers", self.writers)
