@@ -90,6 +90,8 @@ def test_a_run_creates_files_per_writer_x_writers_and_removes_them_all(tmp_path,
     files, blocks = 2 * 8, 64 // 16
     assert result.ops_read + result.ops_written == files * blocks  # one pass: every block of every file once
     assert result.bytes_read + result.bytes_written == files * 64 * KIB
+    if spec.writes:  # end_fsync reaches every file a worker wrote, not only its last (fio reopens each)
+        assert result.valid, result.warnings
 
 
 def test_written_files_hold_file_kb_each(tmp_path):
@@ -178,3 +180,16 @@ def test_summary_compares_each_file_count_against_one_file():
     notes = summary.findings(*summary.rows(pts), [])
     assert ("Small files (all points): one file per writer 200.0 MiB/s; 256 files 100.0 MiB/s (0.50x), "
             "4096 files 20.0 MiB/s (0.10x)") in notes, notes
+
+
+def test_the_sync_issuer_moves_to_the_next_file_engines_with_per_file_state_do_not(tmp_path):
+    from workloads.engines import base, mmap as mmap_engine, null, uring
+
+    spec = small(tmp_path).check()
+    issuer = base.Issuer(spec, -1, 0, 64 * KIB)
+    buf = issuer.rbuf
+    assert issuer.retargetable and null.NullIssuer(spec, -1, 0).retargetable
+    issuer.retarget(7, 0, 32 * KIB)
+    assert (issuer.fd, issuer.length, issuer.rbuf) == (7, 32 * KIB, buf)  # no new buffer per file
+    for cls in (mmap_engine.MmapIssuer, uring.UringIssuer):  # a mapping or a ring per file
+        assert not object.__new__(cls).retargetable

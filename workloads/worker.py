@@ -114,15 +114,20 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                 n_r, n_w = issuer.drain(rec_r, rec_w, timed)
                 ops_r, ops_w = ops_r + n_r, ops_w + n_w
                 earlier = _add(earlier, issuer.counters()) if measuring else {}
-                issuer.close()
-                issuer = None
+                keep = issuer.retargetable  # sync: the same issuer and buffers for the next file
+                if not keep:
+                    issuer.close()
+                    issuer = None
                 if spec.writes:
                     written[path] = None
                 os.close(fd)
                 fd = -1
                 current, (path, base, length) = index, extents[index]
                 fd = os.open(path, open_flags(spec, direct))
-                issuer = engine.issuer(spec, fd, base, length)
+                if keep:
+                    issuer.retarget(fd, base, length)
+                else:
+                    issuer = engine.issuer(spec, fd, base, length)
                 if measuring:
                     issuer.start_window()
             if base:
