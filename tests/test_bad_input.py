@@ -68,7 +68,7 @@ def test_fio_missing_is_one_line(tmp_path):
 def test_preflight_names_the_key_in_one_line():
     with pytest.raises(preflight.UserError, match=r"^block_sz: no such key; did you mean block_kb\?$"):
         preflight.check(["block_sz=4"])
-    with pytest.raises(preflight.UserError, match="^pattern=zigzag: no such choice; choose one of mixed"):
+    with pytest.raises(preflight.UserError, match="^pattern=zigzag: no such choice; choose one of metadata, mixed"):
         preflight.check(["-m", "pattern=seq_read,zigzag"])
     preflight.check(["-m", "block_kb=4,64", "engine='null'", "experiment=fio_parity"])
 
