@@ -25,10 +25,12 @@ class Progress:
         self.tty = sys.stdout.isatty()
         self.shown = False
 
-    def __call__(self, elapsed_s: float, bytes_done: int, mib_s: float) -> None:
+    def __call__(self, elapsed_s: float, bytes_done: int, mib_s: float, unit: str = "MiB") -> None:
+        """unit="files": pattern=metadata reports files handled and files/s instead of bytes."""
         if elapsed_s < self.after_s:
             return
-        line = f"  {elapsed_s:6.1f} s  {bytes_done / MIB:10.0f} MiB  {mib_s:9.1f} MiB/s"
+        done = bytes_done / MIB if unit == "MiB" else bytes_done
+        line = f"  {elapsed_s:6.1f} s  {done:10.0f} {unit}  {mib_s:9.1f} {unit}/s"
         if self.tty:
             sys.stdout.write("\r" + line)
             sys.stdout.flush()

@@ -137,3 +137,26 @@ def test_cli_metadata_logs_its_rates_to_mlflow(tmp_path):
     assert list((tmp_path / "outputs" / "scratch").iterdir()) == []
     bad = run_cli(tmp_path, "pattern=metadata", "engine=fio")
     assert bad.returncode == 2 and bad.stderr.startswith("iosweep: error: engine=") and bad.stderr.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_ctrl_c_inside_a_phase_removes_every_file_and_records_killed(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "IOSWEEP_"))}
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "pattern=metadata", "files_per_writer=1000000",
+                             "writers=2"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    scratch = tmp_path / "outputs" / "scratch"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not any(scratch.glob("iosweep-*/md1/f*")):  # inside the create phase
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "create" in out and "stopped inside a phase" in out
+    assert list(scratch.iterdir()) == []  # every file of the interrupted phase, the dirs and the scratch dir
