@@ -193,3 +193,13 @@ def test_the_sync_issuer_moves_to_the_next_file_engines_with_per_file_state_do_n
     assert (issuer.fd, issuer.length, issuer.rbuf) == (7, 32 * KIB, buf)  # no new buffer per file
     for cls in (mmap_engine.MmapIssuer, uring.UringIssuer):  # a mapping or a ring per file
         assert not object.__new__(cls).retargetable
+
+
+def test_a_short_window_advises_the_knobs_that_size_it():
+    from workloads.judge import judge
+    from workloads.metrics import LatencyHistogram, Result
+
+    r = Result(elapsed_s=0.01, bytes_read=1 << 20, bytes_written=0, ops_read=16, ops_written=0,
+               lat_read=LatencyHistogram(), lat_write=LatencyHistogram(), io_mode="buffered")
+    _, notes = judge(Spec(pattern="seq_read", block_size=64 * KIB, files_per_writer=4, file_bytes=256 * KIB), r)
+    assert any("raise file_kb or files_per_writer" in n for n in notes), notes  # size_mb does not apply there

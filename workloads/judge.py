@@ -58,6 +58,7 @@ def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
     window_s = result.elapsed_s / max(1, len(result.repeat_throughputs))  # each repeat is its own window
     if 0 < window_s < SHORT_WINDOW_S and result.io_mode != "none":
         how = "raise duration_s" if spec.duration_s else "set duration_s (with ramp_s)" if spec.read_only_target \
+            else "raise file_kb or files_per_writer, or set duration_s (with ramp_s)" if spec.file_bytes is not None \
             else "raise size_mb or set duration_s (with ramp_s)"  # target=file: the files fix the size
         notes.append(f"the measured window was only {1000 * window_s:.0f} ms: {how} for a stable figure")
     if len(result.repeat_throughputs) > 1:
