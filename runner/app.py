@@ -118,6 +118,7 @@ def to_spec(cfg: DictConfig) -> Spec:
         seed=_whole(cfg, "seed", 0), keep_files=_switch(cfg, "keep_files"),
         log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
         latency=_switch(cfg, "latency"), access=cfg.engine.access, **_uring_knobs(cfg),
+        hint=cfg.hint, prefetch_blocks=_whole(cfg, "prefetch.blocks", 0), prefetch_after=_whole(cfg, "prefetch.after", 0),
         files_per_writer=_whole(cfg, "files_per_writer"), file_bytes=_file_bytes(cfg),
     ).check()
 
@@ -171,6 +172,7 @@ APPLIES = {
     **{f"engine.{k}": (lambda c: c.engine.name == "uring")
        for k in ("batch_submit", "batch_complete", "fixed_files", "fixed_bufs", "sqpoll")},
     "engine.access": lambda c: c.engine.name == "mmap",
+    "prefetch.after": lambda c: c.prefetch.blocks != 0,
     "target.dir": lambda c: c.target.name not in ("device", "file"),
     "target.path": lambda c: c.target.name in ("device", "file"),
     "target.size_mb": lambda c: c.target.name == "file",
@@ -231,7 +233,7 @@ def run_point(cfg: DictConfig) -> float:
             "parent_run_id": tracking.parent_run_id() if multirun else None}
     try:
         objective = _objective(cfg)
-        spec = to_spec(cfg)
+        spec = workloads.checked(to_spec(cfg))  # a point its engine or target refuses prints no header
         print(f"iosweep: {console.describe(spec)}", flush=True)
         result = workloads.run(spec, progress=progress)
     except Interrupted as stopped:  # record what was measured as KILLED, then stop (a sweep too)

@@ -64,7 +64,8 @@ def result_table(result: Result) -> str:
     info = result.info
     n = int(m.get("repeats", 1))
     pooled = f" (pooled: {n} repeats)" if n > 1 else ""
-    lines = [f"  io_mode {result.io_mode}   fs {info.get('fs_type', '?')} on {info.get('device') or '?'}"]
+    lines = [f"  io_mode {result.io_mode}   fs {info.get('fs_type', '?')} on {info.get('device') or '?'}"
+             + (f"   {info['hint']}" if info.get("hint") else "")]
     if n > 1:
         lines += [f"  {'throughput':>12} {m['throughput_mib_s']:10.1f} MiB/s (mean of {n} repeats)   "
                   f"iops {m['iops']:.0f} (pooled: all ops / all windows)",
@@ -89,6 +90,11 @@ def result_table(result: Result) -> str:
                      f"wrote {m['device_write_bytes'] / MIB:.0f} MiB"
                      + (f", {m['cache_served_pct']:.0f}% of reads from page cache" if "cache_served_pct" in m else "")
                      + (f" (total over {n} repeats)" if n > 1 else ""))
+        for kind in ("read", "write"):  # iostat's view: what read-ahead and merging made of the ops
+            if m.get(f"device_{kind}_ios"):
+                lines.append(f"  {'':>12} {kind}s: {m[f'device_{kind}_ios']:.0f} requests of "
+                             f"{m[f'device_{kind}_req_kb']:.0f} KiB on average, {m[f'device_{kind}_merges']:.0f} "
+                             f"merged, await {m[f'device_{kind}_await_ms']:.2f} ms")
     if result.counters:  # the engine's own counters over the window, e.g. engine=mmap's page faults
         lines.append("  engine       " + "   ".join(f"{k} {v:.0f}" for k, v in sorted(result.counters.items()))
                      + (f" (total over {n} repeats)" if n > 1 else ""))

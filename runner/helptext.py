@@ -12,6 +12,8 @@ from pathlib import Path
 from .schema import CONF, GROUPS
 
 _TOP_KEY = re.compile(r"^(\w+):\s*(\S.*?)\s*#\s*(.*)$")  # block_kb: 1024   # meaning
+_PARENT = re.compile(r"^(\w+):\s*(#.*)?$")  # prefetch:   (a block of nested knobs)
+_NESTED = re.compile(r"^  (\w+):\s*(\S.*?)\s*#\s*(.*)$")  #   blocks: 0   # meaning
 _DEFAULT = re.compile(r"^\s+-\s+(\w+):\s*(\S+)\s*#\s*(.*)$")  # - target: local  # meaning
 
 
@@ -22,8 +24,13 @@ def _line(setting: str, meaning: str) -> str:
 def knob_help(conf: Path = CONF) -> str:
     """Groups and knobs as `key=default  meaning`, from the `key: value  # meaning` lines in conf/."""
     groups, knobs = [], []
+    parent = None
     for text in (conf / "config.yaml").read_text().splitlines():
-        if m := _DEFAULT.match(text):
+        if m := _PARENT.match(text):
+            parent = m[1] if m[1] not in ("defaults", "hydra") else None
+        elif parent and (m := _NESTED.match(text)):
+            knobs.append(_line(f"{parent}.{m[1]}={m[2]}", m[3]))
+        elif m := _DEFAULT.match(text):
             groups.append(_line(f"{m[1]}={m[2]}", m[3]))
         elif m := _TOP_KEY.match(text):
             knobs.append(_line(f"{m[1]}={m[2]}", m[3]))

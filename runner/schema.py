@@ -54,11 +54,18 @@ class DataConf:
 
 
 @dataclass
+class PrefetchConf:
+    blocks: Any = 0  # application prefetch (workloads/hints.py): blocks kept requested ahead; 0 = off
+    after: Any = 3  # sequential reads seen before prefetching starts
+
+
+@dataclass
 class IosweepConfig:
     target: TargetConf = field(default_factory=TargetConf)
     pattern: PatternConf = field(default_factory=PatternConf)
     engine: EngineConf = field(default_factory=EngineConf)
     data: DataConf = field(default_factory=DataConf)
+    prefetch: PrefetchConf = field(default_factory=PrefetchConf)
     block_kb: Any = 1024
     writers: Any = 1
     iodepth: Any = 1
@@ -71,6 +78,7 @@ class IosweepConfig:
     direct_fallback: Any = False
     end_fsync: Any = True
     cache: str = "cold"
+    hint: Any = "none"  # read-ahead advice: checked against workloads.hints.HINTS per point
     repeats: Any = 1
     latency: Any = True
     seed: Any = 0

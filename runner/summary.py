@@ -101,6 +101,9 @@ def ratio_table(rows: list[dict]) -> str:
 
 KEY_METRICS = ("throughput_mib_s", "iops", "lat_mean_us", "lat_p50_us", "lat_p99_us", "cpu_util_pct", "elapsed_s")
 REPEAT_METRICS = ("repeats", "throughput_mib_s_std", "throughput_mib_s_ci95_low", "throughput_mib_s_ci95_high")
+# what the device made of the reads (read-ahead, merging): summary.csv columns when the points have them
+DEVICE_METRICS = ("device_read_req_kb", "device_read_merges", "device_read_await_ms", "prefetch_issued",
+                  "prefetch_used")
 NUMERIC_AXES = ("block_kb", "writers", "iodepth", "size_mb", "duration_s", "pattern.read_pct",
                 "data.compress_ratio", "data.dedup_ratio", "files_per_writer", "file_kb")
 KNEE_GAIN = 0.10  # "beyond this block size, throughput gains < 10%"; the same for IOPS per iodepth step
@@ -137,6 +140,7 @@ def rows(points: list[dict]) -> tuple[list[str], list[dict]]:
         row["valid"] = str(p.get("valid", "")).lower()
         row.update({m: p["metrics"].get(m, float("nan")) for m in KEY_METRICS})
         row.update({m: p["metrics"][m] for m in REPEAT_METRICS if m in p["metrics"]})
+        row.update({m: p["metrics"][m] for m in DEVICE_METRICS if m in p["metrics"]})
         row["error"] = secrets.mask_text(p.get("error") or "")
         row["run_id"] = p.get("run_id") or ""
         # not columns: which point the run measured (trials of one point share it), and its config
@@ -149,6 +153,7 @@ def rows(points: list[dict]) -> tuple[list[str], list[dict]]:
 
 def _csv_fields(columns: list[str], table: list[dict]) -> list[str]:
     extra = list(REPEAT_METRICS) if _has_repeats(table) else []
+    extra += [m for m in DEVICE_METRICS if any(m in r for r in table)]
     return columns + ["status", "valid", *KEY_METRICS, *extra, "error", "run_id"]
 
 

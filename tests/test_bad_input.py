@@ -35,6 +35,17 @@ BAD = [
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("args, says", [("engine=sync iodepth=8 pattern=rand_read", "needs an async engine"),
+                                        ("engine=mmap direct=true", "cannot issue O_DIRECT")])
+def test_a_point_its_engine_refuses_is_not_announced(tmp_path, args, says):
+    """The engine's checks run before the header line: no "iosweep: <point>" for a point that never runs."""
+    p = run_cli(tmp_path, *args.split(), timeout=120)
+    assert p.returncode == 2 and says in p.stderr and p.stderr.count("\n") == 1, (p.stdout, p.stderr)
+    assert "iosweep: " not in p.stdout, p.stdout
+    assert mlflow_runs(tmp_path)[1] == []
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("args, says", BAD)
 def test_bad_input_gets_one_line_and_exit_2(tmp_path, args, says):
     p = run_cli(tmp_path, *args.split(), timeout=120)

@@ -265,3 +265,13 @@ def test_the_printed_result_shows_the_engine_counters():
     r = Result(elapsed_s=1.0, bytes_read=4096, bytes_written=0, ops_read=1, ops_written=0, lat_read=LatencyHistogram(),
                lat_write=LatencyHistogram(), io_mode="mmap", counters={"minor_faults": 3.0, "major_faults": 7.0})
     assert "engine       major_faults 7   minor_faults 3" in result_table(r)
+
+
+@pytest.mark.slow
+def test_fio_mmap_engine_says_io_mode_mmap_like_engine_mmap(tmp_path):
+    """The same point through fio's mmap ioengine is page-cache I/O through a mapping too: its io_mode
+    must say mmap, not buffered, so the two engines' runs are tagged alike."""
+    r = run(spec(tmp_path, engine="fio", ioengine="mmap", pattern="rand_read", writers=1))
+    assert r.io_mode == "mmap" and r.ops_read > 0
+    r = run(spec(tmp_path, engine="fio", ioengine="psync", pattern="rand_read", writers=1))
+    assert r.io_mode == "buffered"

@@ -203,3 +203,29 @@ def test_a_short_window_advises_the_knobs_that_size_it():
                lat_read=LatencyHistogram(), lat_write=LatencyHistogram(), io_mode="buffered")
     _, notes = judge(Spec(pattern="seq_read", block_size=64 * KIB, files_per_writer=4, file_bytes=256 * KIB), r)
     assert any("raise file_kb or files_per_writer" in n for n in notes), notes  # size_mb does not apply there
+
+
+@pytest.mark.parametrize("kw", [{"hint": "sequential"}, {"prefetch_blocks": 4, "prefetch_after": 1}])
+def test_hints_and_prefetch_apply_to_every_small_file(tmp_path, monkeypatch, kw):
+    """A retargeted issuer is advised again per file; a prefetcher (per-file state) is made anew per file."""
+    from workloads import hints
+
+    advised = []
+    real = hints.advise
+    def spy(issuer, hint, *a, **k):
+        advised.append(issuer.fd)
+        real(issuer, hint, *a, **k)
+
+    monkeypatch.setattr(hints, "advise", spy)
+    from workloads.worker import worker_loop
+
+    spec = small(tmp_path, writers=1, files_per_writer=5, **kw).check()
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"f{i}"
+        p.write_bytes(os.urandom(64 * KIB))
+        paths.append((str(p), 0, 64 * KIB))
+    out = worker_loop(spec, 0, None, False, lambda: None, prepared=True, extents=paths)
+    assert out["ops_r"] == 5 * 4
+    if "hint" in kw:
+        assert len(advised) == 5  # once per file, the first before the window

@@ -215,6 +215,28 @@ def test_io_uring_disabled_by_sysctl_is_named(tmp_path, monkeypatch):
         run(uring_spec(tmp_path / "scratch", pattern="rand_read"))
 
 
+@pytest.mark.slow
+def test_fixed_bufs_beyond_the_memlock_limit_is_one_line_naming_ulimit(tmp_path):
+    """Registered buffers count against RLIMIT_MEMLOCK unless the process has CAP_IPC_LOCK: without the
+    capability and with a 64 KiB limit, the kernel refuses to register 32 x 4 KiB (measured: ENOMEM from
+    io_uring_register(BUFFERS) mid-run, before this check)."""
+    cmd = ["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "prlimit", "--memlock=65536",
+           sys.executable, "-m", "runner", "engine=uring", "engine.fixed_bufs=true", "pattern=rand_read",
+           "iodepth=32", "block_kb=4", "size_mb=4", f"target.dir={tmp_path / 'scratch'}"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "engine.fixed_bufs" in lines[0] and "RLIMIT_MEMLOCK" in lines[0] \
+        and "ulimit -l" in lines[0], proc.stderr
+    assert not (tmp_path / "scratch").exists()
+    ok = subprocess.run(["setpriv", "--inh-caps=-ipc_lock", "--bounding-set=-ipc_lock", "prlimit",
+                         "--memlock=65536", sys.executable, "-c",
+                         "from workloads.engines import uring; print(uring._memlock_limit())"],
+                        capture_output=True, text=True, timeout=60)
+    assert ok.stdout.strip() == "65536", ok.stderr
+    assert uring._memlock_limit() is None  # root: CAP_IPC_LOCK, no limit applies
+
+
 # A seccomp filter that makes io_uring_setup fail with ENOSYS, as a container runtime's default profile does,
 # installed before the runner starts (it is inherited by everything the runner spawns).
 SECCOMP_WRAPPER = r"""

@@ -5,10 +5,10 @@
     print(result.metrics())
 """
 from .errors import ConfigError, Interrupted, WorkloadError
-from .job import run
+from .job import checked, run
 from .worker import worker_loop
 from .metrics import LatencyHistogram, Result
 from .spec import PATTERNS, DataSpec, Spec
 
 __all__ = ["ConfigError", "Interrupted", "DataSpec", "LatencyHistogram", "PATTERNS", "Result", "Spec",
-           "WorkloadError", "run", "worker_loop"]
+           "WorkloadError", "checked", "run", "worker_loop"]

@@ -8,7 +8,7 @@ series), metrics.py (histograms, Result), judge.py (is it storage truth).
 """
 from __future__ import annotations
 
-from . import engines, targets
+from . import engines, hints, targets
 from .data import measure_ratios
 from .errors import Interrupted, WorkloadError
 from .judge import judge
@@ -17,15 +17,22 @@ from .processes import run_workers
 from .spec import Spec
 
 
-def run(spec: Spec, progress=None) -> Result:
-    """Run one measured point (`repeats` times). `progress(elapsed_s, bytes_done, mib_s)` is called
-    about once a second. Raises ConfigError for bad input (before any I/O), WorkloadError for I/O."""
+def checked(spec: Spec) -> Spec:
+    """The spec as it will run, checked against its target and engine; ConfigError before any I/O.
+    A caller may check first to say nothing about a point that cannot run."""
     spec.check()
     resolve = getattr(targets.get(spec.target), "resolve", None)
     if resolve is not None:  # the target fixes what the spec leaves to it (target=file: the files' size)
         spec = resolve(spec).check()
+    engines.get(spec.engine).check(spec)
+    return spec
+
+
+def run(spec: Spec, progress=None) -> Result:
+    """Run one measured point (`repeats` times). `progress(elapsed_s, bytes_done, mib_s)` is called
+    about once a second. Raises ConfigError for bad input (before any I/O), WorkloadError for I/O."""
+    spec = checked(spec)
     engine = engines.get(spec.engine)
-    engine.check(spec)
     results: list[Result] = []
     try:
         for _ in range(spec.repeats):
@@ -72,6 +79,8 @@ def _run_once(spec: Spec, engine, progress) -> Result:
         if result is not None:  # also what an interrupted run measured: say where it ran
             result.warnings[:0] = placement.warnings
             result.info.update(placement.info())
+            if hints.describe(spec):
+                result.info["hint"] = hints.describe(spec)
             if spec.keep_files:
                 result.info["files"] = [str(p) for p in placement.files]
         if not spec.keep_files:

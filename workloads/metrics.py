@@ -147,6 +147,8 @@ def combine(results: list["Result"]) -> "Result":
         if dev:
             out.device_read_bytes += r.device_read_bytes
             out.device_write_bytes += r.device_write_bytes
+            for k, v in r.device_requests.items():
+                out.device_requests[k] = out.device_requests.get(k, 0) + v
         out.warnings += [w for w in r.warnings if w not in out.warnings]
         out.timeseries += [dict(row, repeat=i) for row in r.timeseries]
         out.repeat_throughputs.append((r.bytes_read + r.bytes_written) / MIB / r.elapsed_s if r.elapsed_s else 0.0)
@@ -169,6 +171,7 @@ class Result:
     datagen_wait_s: float = 0.0  # time workers waited for dgen-py, summed
     device_read_bytes: int | None = None  # the block device's own counters over the window
     device_write_bytes: int | None = None
+    device_requests: dict = field(default_factory=dict)  # read/write ios, merges, time_ms over the window
     warnings: list[str] = field(default_factory=list)
     timeseries: list[dict] = field(default_factory=list)  # one row per log interval
     info: dict = field(default_factory=dict)  # where it ran: fs type, scratch dir, files
@@ -228,6 +231,13 @@ class Result:
             m["device_write_bytes"] = float(self.device_write_bytes)
             if self.bytes_read:
                 m["cache_served_pct"] = self.cache_served_pct
+        for kind in ("read", "write") if self.device_requests else ():
+            ios = self.device_requests[f"{kind}_ios"]
+            m[f"device_{kind}_ios"] = float(ios)
+            m[f"device_{kind}_merges"] = float(self.device_requests[f"{kind}_merges"])
+            if ios:  # the mean request the device saw, and how long one took (iostat's rareq-sz, r_await)
+                m[f"device_{kind}_req_kb"] = getattr(self, f"device_{kind}_bytes") / ios / 1024
+                m[f"device_{kind}_await_ms"] = self.device_requests[f"{kind}_time_ms"] / ios
         return m
 
     def set_device_traffic(self, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
@@ -235,6 +245,8 @@ class Result:
         unknown (None) when either reading is missing."""
         if before and after:
             self.device_read_bytes, self.device_write_bytes = after[0] - before[0], after[1] - before[1]
+            if hasattr(after, "_fields") and hasattr(before, "_fields"):  # prepare.DeviceCounters: requests too
+                self.device_requests = {k: getattr(after, k) - getattr(before, k) for k in after._fields[2:]}
 
     @property
     def cache_served_pct(self) -> float:

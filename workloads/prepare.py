@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from typing import NamedTuple
 
 import psutil
 
@@ -111,11 +112,26 @@ def settle(device: str | None, limit_s: float = 5.0) -> None:
         last = now
 
 
-def device_counters(device: str | None) -> tuple[int, int] | None:
+class DeviceCounters(NamedTuple):
+    """A block device's cumulative counters (/proc/diskstats through psutil). Bytes come first, so
+    the (read, write) pair of older callers still reads as [0], [1]."""
+    read_bytes: int
+    write_bytes: int
+    read_ios: int = 0  # requests completed
+    write_ios: int = 0
+    read_merges: int = 0  # requests the kernel merged into a neighbour before issuing
+    write_merges: int = 0
+    read_time_ms: int = 0  # summed time of the completed requests (await = time / ios)
+    write_time_ms: int = 0
+
+
+def device_counters(device: str | None) -> DeviceCounters | None:
     if device is None:
         return None
-    counters = psutil.disk_io_counters(perdisk=True).get(device)
-    return (counters.read_bytes, counters.write_bytes) if counters else None
+    c = psutil.disk_io_counters(perdisk=True).get(device)
+    return DeviceCounters(c.read_bytes, c.write_bytes, c.read_count, c.write_count,
+                          getattr(c, "read_merged_count", 0), getattr(c, "write_merged_count", 0),
+                          c.read_time, c.write_time) if c else None
 
 
 def drop_caches() -> str | None:

@@ -87,6 +87,9 @@ class Spec:
     fixed_bufs: bool = False  # register the I/O buffers with the ring (fio fixedbufs)
     sqpoll: bool = False  # a kernel thread polls the submission queue (fio sqthread_poll)
     access: str | None = None  # engine=mmap only: one of MMAP_ACCESS (copy by default)
+    hint: str = "none"  # read-ahead advice, one of hints.HINTS: posix_fadvise / madvise / fio fadvise_hint
+    prefetch_blocks: int = 0  # application prefetch: blocks kept advised WILLNEED ahead of the reads (0 = off)
+    prefetch_after: int = 3  # sequential reads seen before the prefetch starts
     target: str = "local"
     target_dir: str = "outputs/scratch"
     target_path: str | None = None  # target=device: an existing file or block device; target=file: file, dir or glob
@@ -210,6 +213,9 @@ class Spec:
             raise ConfigError("engine.ioengine", self.ioengine, "choose one of " + ", ".join(FIO_IOENGINES))
         if self.access is not None and self.access not in MMAP_ACCESS:
             raise ConfigError("engine.access", self.access, "choose one of " + ", ".join(MMAP_ACCESS))
+        from .hints import check as check_hints  # hints.py: read-ahead advice and prefetch, with their rules
+
+        check_hints(self)
         return self
 
     def _check_files(self) -> None:

@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from . import engines
+from . import engines, hints
 from .data import write_source
 from .metrics import N_BUCKETS, LatencyHistogram
 from .patterns import extent_chunks
@@ -86,6 +86,9 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                 finally:
                     os.close(other_fd)
         issuer = engine.issuer(spec, fd, base, extents[0][2])
+        if spec.hint != "willneed":  # willneed starts reading: at the start of the window (hints.py)
+            hints.advise(issuer, spec.hint)
+        issuer = hints.prefetching(spec, issuer)
         current, earlier = 0, {}  # the extent being read; counters of the issuers already closed
         written = {}  # files written and closed before the last one: end_fsync reaches them too
         rec_r, rec_w = Recorder(), Recorder()  # filled in place by the issuer
@@ -101,6 +104,8 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
         if stop is not None and stop.value:
             raise Aborted()
         t_start = clock()
+        if spec.hint == "willneed":
+            hints.advise(issuer, spec.hint)
         ramp_end = t_start + int(spec.ramp_s * 1e9)
         deadline = ramp_end + int(spec.duration_s * 1e9) if spec.duration_s else NEVER
         measuring = spec.ramp_s <= 0
@@ -114,7 +119,8 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                 n_r, n_w = issuer.drain(rec_r, rec_w, timed)
                 ops_r, ops_w = ops_r + n_r, ops_w + n_w
                 earlier = _add(earlier, issuer.counters()) if measuring else {}
-                keep = issuer.retargetable  # sync: the same issuer and buffers for the next file
+                # sync: the same issuer and buffers for the next file (not a prefetcher: its state is per file)
+                keep = isinstance(issuer, engines.base.Issuer) and issuer.retargetable
                 if not keep:
                     issuer.close()
                     issuer = None
@@ -128,6 +134,9 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                     issuer.retarget(fd, base, length)
                 else:
                     issuer = engine.issuer(spec, fd, base, length)
+                hints.advise(issuer, spec.hint)  # inside the window: opening the next file is part of the run
+                if not keep:
+                    issuer = hints.prefetching(spec, issuer)
                 if measuring:
                     issuer.start_window()
             if base:

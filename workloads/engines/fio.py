@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from ..errors import ConfigError, WorkloadError
+from ..hints import FIO_FADVISE
 from ..metrics import MIB, LatencyHistogram, Result
 from ..spec import FIO_IOENGINES, Spec
 from .base import Engine, register
@@ -80,6 +81,8 @@ def job_file(spec: Spec, placement, logs: Path) -> str:
                ("write_bw_log", log), ("write_iops_log", log)]
     if spec.pattern == "mixed":
         options.append(("rwmixread", spec.read_pct))
+    if spec.hint != "none":  # hints.check refused what fadvise_hint cannot say; none keeps fio's default (1)
+        options.append(("fadvise_hint", FIO_FADVISE[spec.hint]))
     if spec.duration_s:
         options += [("time_based", 1), ("runtime", ms(spec.duration_s))]
     if spec.ramp_s:
@@ -187,7 +190,8 @@ class FioEngine(Engine):
             elapsed_s=max(rd["runtime"], wr["runtime"]) / 1000, bytes_read=rd["io_bytes"],
             bytes_written=wr["io_bytes"], ops_read=rd["total_ios"], ops_written=wr["total_ios"],
             lat_read=histogram(rd["clat_ns"]), lat_write=histogram(wr["clat_ns"]),
-            io_mode=placement.io_mode, cpu_s=cpu_s, warnings=warnings, timeseries=series,
+            io_mode="mmap" if spec.ioengine == "mmap" and placement.io_mode == "buffered" else placement.io_mode,
+            cpu_s=cpu_s, warnings=warnings, timeseries=series,
             info={"fio_version": out.get("fio version", ""), "ramp_done": True},
             attachments={"fio_job.fio": job, "fio_output.json": proc.stdout},
         )

@@ -32,6 +32,22 @@ def _setup_errno(depth: int, sqpoll: bool) -> int:
     return uring_probe(depth, sqpoll)
 
 
+def _memlock_limit() -> int | None:
+    """Bytes this process may lock (registered io_uring buffers count against it), or None: no limit,
+    or CAP_IPC_LOCK (root), which the kernel lets lock without one."""
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    try:
+        with open("/proc/self/status") as f:
+            cap_eff = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        cap_eff = 0
+    if soft == resource.RLIM_INFINITY or cap_eff & (1 << 14):  # CAP_IPC_LOCK
+        return None
+    return soft
+
+
 def probe(spec) -> str | None:
     """Why io_uring cannot run this spec here (one phrase), or None."""
     try:
@@ -133,6 +149,11 @@ class UringEngine(Engine):
                               f"needs {need >> 20} MiB of I/O buffers (iodepth x block_kb x writers, and write "
                               f"chunks) and {avail >> 20} MiB of memory is available: lower iodepth, block_kb or "
                               "writers")
+        memlock = _memlock_limit()
+        if spec.fixed_bufs and memlock is not None and per_worker * spec.writers > memlock:
+            raise ConfigError("engine.fixed_bufs", True,
+                              f"registers {per_worker * spec.writers >> 10} KiB of buffers and this user may lock "
+                              f"{memlock >> 10} KiB (RLIMIT_MEMLOCK): raise `ulimit -l` or set engine.fixed_bufs=false")
         why = probe(spec)
         if why:
             raise ConfigError("engine", "uring", f"{why}; {WAY_OUT}")
