@@ -120,6 +120,7 @@ def to_spec(cfg: DictConfig) -> Spec:
         log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
         latency=_switch(cfg, "latency"), access=cfg.engine.access, **_uring_knobs(cfg),
         hint=cfg.hint, prefetch_blocks=_whole(cfg, "prefetch.blocks", 0), prefetch_after=_whole(cfg, "prefetch.after", 0),
+        files_per_writer=_whole(cfg, "files_per_writer"), file_bytes=_file_bytes(cfg),
     ).check()
 
 
@@ -133,6 +134,13 @@ def _uring_knobs(cfg: DictConfig) -> dict:
         if OmegaConf.select(cfg, f"engine.{key}") is not None:
             knobs[key] = _switch(cfg, f"engine.{key}")
     return knobs
+
+
+def _file_bytes(cfg: DictConfig) -> int | None:
+    """file_kb in bytes (null: the writer's share of size_mb); 0 only for pattern=metadata (Spec.check says)."""
+    if OmegaConf.select(cfg, "file_kb") is None:
+        return None
+    return _whole(cfg, "file_kb", 0) * 1024
 
 
 def _size_bytes(cfg: DictConfig) -> int | None:
@@ -171,8 +179,11 @@ APPLIES = {
     "target.dir": lambda c: c.target.name not in ("device", "file"),
     "target.path": lambda c: c.target.name in ("device", "file"),
     "target.size_mb": lambda c: c.target.name == "file",
-    "size_mb": lambda c: c.target.name != "file"  # target=file reads the files' size (target.size_mb caps it)
-    and c.pattern.name != "format_read",  # format_read: data.rows sizes the table
+    "size_mb": lambda c: c.target.name != "file" and c.file_kb is None
+    and c.pattern.name not in ("metadata", "format_read"),
+    #          target=file reads the files' size (target.size_mb caps it); file_kb sets it; metadata: file_kb;
+    #          format_read: data.rows sizes the table
+    "files_per_writer": lambda c: c.target.name != "file" and c.pattern.name != "format_read",
     "target.allow_overwrite": lambda c: c.target.name == "device",
     "data.compress_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file"  # file: the user's bytes
     and c.pattern.name != "format_read",  # format_read: numpy's table, not dgen's bytes

@@ -25,10 +25,12 @@ class Progress:
         self.tty = sys.stdout.isatty()
         self.shown = False
 
-    def __call__(self, elapsed_s: float, bytes_done: int, mib_s: float) -> None:
+    def __call__(self, elapsed_s: float, bytes_done: int, mib_s: float, unit: str = "MiB") -> None:
+        """unit="files": pattern=metadata reports files handled and files/s instead of bytes."""
         if elapsed_s < self.after_s:
             return
-        line = f"  {elapsed_s:6.1f} s  {bytes_done / MIB:10.0f} MiB  {mib_s:9.1f} MiB/s"
+        done = bytes_done / MIB if unit == "MiB" else bytes_done
+        line = f"  {elapsed_s:6.1f} s  {done:10.0f} {unit}  {mib_s:9.1f} {unit}/s"
         if self.tty:
             sys.stdout.write("\r" + line)
             sys.stdout.flush()
@@ -49,6 +51,9 @@ def describe(spec: Spec) -> str:
     if spec.pattern == "format_read":  # no blocks, no size_mb: a table of data.rows rows per worker, loaded whole
         return (f"format_read {spec.data.format} {spec.data.rows} rows  writers {spec.writers}  "
                 f"{how if spec.duration_s else 'one load each'}  target {spec.target}:{spec.target_dir}")
+    if spec.metadata or spec.files_per_writer > 1 or spec.file_bytes is not None:  # small files
+        how = f"{spec.files_per_writer} files x {spec.per_file / 1024:g} KiB per writer" + \
+            (f" ({spec.file_size * spec.writers / MIB:g} MiB)" if not spec.metadata else "")
     return (f"{what}  block {spec.block_size >> 10} KiB  writers {spec.writers}  {how}  "
             f"engine {spec.engine}  direct {str(spec.direct).lower()}  "
             f"target {spec.target}:{spec.target_path if spec.target in ('device', 'file') else spec.target_dir}")
@@ -75,8 +80,9 @@ def result_table(result: Result) -> str:
     if "read_throughput_mib_s" in m:
         lines.append(f"  {'read':>12} {m['read_throughput_mib_s']:10.1f} MiB/s   "
                      f"{'write':>6} {m['write_throughput_mib_s']:10.1f} MiB/s{pooled}")
-    lines.append("  latency us   " + "  ".join(
-        f"{k} {m[f'lat_{k}_us']:.1f}" for k in ("p50", "p90", "p99", "p999", "max")) + pooled)
+    if not result.metadata or result.latency.total:  # pattern=metadata: its own latency table below
+        lines.append("  latency us   " + "  ".join(
+            f"{k} {m[f'lat_{k}_us']:.1f}" for k in ("p50", "p90", "p99", "p999", "max")) + pooled)
     if "throughput_mib_s_std" in m:
         low = m["throughput_mib_s_ci95_low"]
         lines.append(f"  repeats {n}: throughput mean {m['throughput_mib_s']:.1f} MiB/s, std "
@@ -98,6 +104,11 @@ def result_table(result: Result) -> str:
     elif result.counters:  # the engine's own counters over the window, e.g. engine=mmap's page faults
         lines.append("  engine       " + "   ".join(f"{k} {v:.0f}" for k, v in sorted(result.counters.items()))
                      + (f" (total over {n} repeats)" if n > 1 else ""))
+    if result.metadata:  # pattern=metadata: mdtest's summary, a line per phase
+        lines.append(f"  {'metadata':>12} {'ops/s':>12} {'p50 us':>9} {'p99 us':>9} {'files':>9}")
+        for name in result.metadata:
+            lines.append(f"  {name:>12} {m[f'{name}_per_s']:12.1f} {m[f'{name}_p50_us']:9.1f} "
+                         f"{m[f'{name}_p99_us']:9.1f} {m[f'{name}_ops']:9.0f}" + (f" (pooled: {n} repeats)" if n > 1 else ""))
     if "data_compress_ratio_measured" in m:
         lines.append(f"  data measured: compress {m['data_compress_ratio_measured']:.2f}:1, dedup "
                      f"{m['data_dedup_ratio_measured_1mib']:.2f}:1 (1 MiB units), "

@@ -72,6 +72,8 @@ class IosweepConfig:
     writers: Any = 1
     iodepth: Any = 1
     size_mb: Any = 256
+    files_per_writer: Any = 1
+    file_kb: Any = None
     duration_s: Any = None
     ramp_s: Any = 0.0
     direct: Any = False

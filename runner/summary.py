@@ -105,7 +105,7 @@ REPEAT_METRICS = ("repeats", "throughput_mib_s_std", "throughput_mib_s_ci95_low"
 DEVICE_METRICS = ("device_read_req_kb", "device_read_merges", "device_read_await_ms", "prefetch_issued",
                   "prefetch_used")
 NUMERIC_AXES = ("block_kb", "writers", "iodepth", "size_mb", "duration_s", "pattern.read_pct",
-                "data.compress_ratio", "data.dedup_ratio")
+                "data.compress_ratio", "data.dedup_ratio", "files_per_writer", "file_kb")
 TABLE_METRICS = ("rows_per_s", "file_mib")  # pattern=format_read: what format_ratios compares
 FORMATS = ("binary", "npy", "csv", "parquet")  # data.format, in the order findings name them; binary is the base
 KNEE_GAIN = 0.10  # "beyond this block size, throughput gains < 10%"; the same for IOPS per iodepth step
@@ -113,7 +113,7 @@ LITTLE_TOLERANCE = 0.15  # Little's law: IOPS x mean latency within 15% of the o
 # Settings a plot names when every point shares them (from the points' params), in this order.
 SHOWN_SETTINGS = ("pattern", "pattern.read_pct", "engine", "target", "direct", "cache", "end_fsync", "block_kb",
                   "iodepth", "writers", "size_mb", "duration_s", "ramp_s", "repeats", "data", "data.compress_ratio",
-                  "data.dedup_ratio", "seed", "point", "experiment")
+                  "data.dedup_ratio", "seed", "point", "experiment", "files_per_writer", "file_kb")
 INVALID_LABEL = "invalid (not storage truth)"
 
 
@@ -420,6 +420,14 @@ def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[
             if len(series) >= 2:
                 out.append(f"{depth_knee(series)} ({_label(key)})")
             out += [f"{line} ({_label(key)})" for line in littles_law(series)]
+    if "files_per_writer" in axes:  # seed 000's small vs large files: each file count against one file
+        for key, series in _series(table, axes, "files_per_writer").items():
+            one = next((r for x, r in series if x == 1), None)
+            if one and one["throughput_mib_s"] > 0 and len(series) > 1:
+                out.append(f"Small files ({_label(key)}): one file per writer {one['throughput_mib_s']:.1f} MiB/s; "
+                           + ", ".join(f"{x:g} files {r['throughput_mib_s']:.1f} MiB/s "
+                                       f"({r['throughput_mib_s'] / one['throughput_mib_s']:.2f}x)"
+                                       for x, r in series if x != 1))
     if "pattern" in axes:
         others = [a for a in axes if a != "pattern"]
         by_key: dict[tuple, dict[str, float]] = {}  # the other axes' values -> pattern -> MiB/s

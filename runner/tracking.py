@@ -654,7 +654,8 @@ OBJECTIVES = ("throughput_mib_s", "iops", "elapsed_s", "bytes_total", "ops_total
               "lat_p50_us", "lat_p90_us", "lat_p99_us", "lat_p999_us", "read_throughput_mib_s",
               "write_throughput_mib_s", "read_iops", "write_iops", "read_lat_p99_us", "write_lat_p99_us",
               "cpu_util_pct", "cache_served_pct", "device_read_bytes", "device_write_bytes",
-              "rows_per_s")  # pattern=format_read
+              "rows_per_s",  # pattern=format_read
+              *(f"{op}_{m}" for op in ("create", "stat", "open", "unlink") for m in ("per_s", "p50_us", "p99_us")))
 
 
 def describe_sweep(c, parent_id: str, notes: list[str]) -> None:

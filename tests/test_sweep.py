@@ -130,6 +130,8 @@ def test_every_run_carries_provenance(tmp_path):
                      "ramp_s=0.2", "size_mb=16"]),
     ("readahead_ab", ["hydra.sweeper.params.pattern='seq_read'", "hydra.sweeper.params.hint='none,random'",
                       "size_mb=4"]),
+    ("small_files", ["hydra.sweeper.params.files_per_writer='1,16'", "hydra.sweeper.params.trial='1'",
+                     "size_mb=1"]),
 ])
 def test_presets_run_in_a_smoke_size(tmp_path, preset, smoke):
     p = run_cli(tmp_path, "-m", f"experiment={preset}", *smoke)
@@ -143,4 +145,4 @@ def test_presets_run_in_a_smoke_size(tmp_path, preset, smoke):
 def test_every_preset_is_covered_by_the_smoke_test():
     presets = {p.stem for p in (CONF / "experiment").glob("*.yaml")}
     assert presets == {"io_microbench", "write_scaling", "fio_parity", "qd_parity", "mmap_parity", "readahead_ab",
-                       "io_microbench_formats"}  # its smoke run: tests/test_formats.py
+                       "io_microbench_formats", "small_files"}  # format preset's smoke run: tests/test_formats.py

@@ -20,6 +20,12 @@ PAGE_CACHE_MODES = ("buffered", "mmap")  # I/O through the page cache: reads may
 def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
     invalid: list[str] = []
     notes: list[str] = []
+    if spec.metadata:  # mdtest's rates: of the filesystem with its caches, not of the device
+        notes.append("pattern=metadata: rates include the page, inode and dentry caches, as mdtest's do (each "
+                     "phase works on files the previous one just touched)")
+        if not result.info.get("ramp_done", True) or result.info.get("stopped"):
+            invalid.append("the run stopped inside a phase: its rates cover only the files handled")
+        return not invalid, invalid + notes
     fs = result.info.get("fs_type", "?")
     if result.io_mode == "none":
         invalid.append("engine=null does no I/O: the figures measure the harness, not storage")
@@ -53,6 +59,7 @@ def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
     if 0 < window_s < SHORT_WINDOW_S and result.io_mode != "none":
         how = "raise duration_s" if spec.duration_s else "set duration_s (with ramp_s)" if spec.read_only_target \
             else "raise data.rows or set duration_s" if spec.pattern == "format_read" \
+            else "raise file_kb or files_per_writer, or set duration_s (with ramp_s)" if spec.file_bytes is not None \
             else "raise size_mb or set duration_s (with ramp_s)"  # target=file: the files fix the size
         notes.append(f"the measured window was only {1000 * window_s:.0f} ms: {how} for a stable figure")
     if len(result.repeat_throughputs) > 1:

@@ -139,6 +139,11 @@ def combine(results: list["Result"]) -> "Result":
         out.datagen_wait_s += r.datagen_wait_s
         for k, v in r.counters.items():
             out.counters[k] = out.counters.get(k, 0.0) + v
+        for name, p in r.metadata.items():  # pattern=metadata: ops and windows add, histograms merge
+            mine = out.metadata.setdefault(name, {"ops": 0, "seconds": 0.0, "hist": LatencyHistogram()})
+            mine["ops"] += p["ops"]
+            mine["seconds"] += p["seconds"]
+            mine["hist"].merge(p["hist"])
         if dev:
             out.device_read_bytes += r.device_read_bytes
             out.device_write_bytes += r.device_write_bytes
@@ -175,6 +180,18 @@ class Result:
     data_measured: dict = field(default_factory=dict)  # ratios measured in the bytes written
     attachments: dict = field(default_factory=dict)  # name -> text, e.g. an external engine's job file
     counters: dict = field(default_factory=dict)  # engine counters over the window, e.g. minor_faults
+    # pattern=metadata: phase -> {"ops", "seconds" (the phase's window), "hist" (LatencyHistogram)}
+    metadata: dict = field(default_factory=dict)
+
+    def metadata_metrics(self) -> dict[str, float]:
+        """`<phase>_per_s` (mdtest's "File creation/stat/read/removal" rates), `<phase>_p50_us`, `<phase>_p99_us`."""
+        m = {}
+        for name, p in self.metadata.items():
+            m[f"{name}_per_s"] = p["ops"] / p["seconds"] if p["seconds"] > 0 else 0.0
+            m[f"{name}_p50_us"] = p["hist"].percentile(50.0) / 1e3
+            m[f"{name}_p99_us"] = p["hist"].percentile(99.0) / 1e3
+            m[f"{name}_ops"] = float(p["ops"])
+        return m
 
     @property
     def latency(self) -> LatencyHistogram:
@@ -212,6 +229,7 @@ class Result:
             m["rows_per_s"] = self.counters["rows_read"] / el
         if "file_bytes" in self.info:  # pattern=format_read: the table files' size on disk
             m["file_mib"] = self.info["file_bytes"] / MIB
+        m.update(self.metadata_metrics())
         if self.device_read_bytes is not None:
             m["device_read_bytes"] = float(self.device_read_bytes)
             m["device_write_bytes"] = float(self.device_write_bytes)

@@ -16,20 +16,27 @@ from .metrics import MIB
 from .spec import FORMAT_READ, Spec
 
 
-def lay_out(fd: int, spec: Spec, source, base: int = 0) -> None:
-    """Write the worker's region sequentially with the configured data, then fsync: outside the window."""
-    pos, size = 0, spec.file_size
+def lay_out(fd: int, spec: Spec, source, base: int = 0, size: int | None = None, at: int = 0,
+            sync: bool = True) -> int:
+    """Write `size` bytes (the worker's file_size) at `base` sequentially with the configured data,
+    then fsync: outside the window. `at`: where in the source's current chunk to continue (a worker's
+    small files take one stream, file after file). Returns where the next file continues."""
+    pos, size = 0, spec.file_size if size is None else size
     while pos < size:
         chunk = memoryview(source.current_chunk())
-        n = min(len(chunk), size - pos)
-        done = os.pwrite(fd, chunk[:n], base + pos)
+        n = min(len(chunk) - at, size - pos)
+        done = os.pwrite(fd, chunk[at:at + n], base + pos)
         chunk.release()
         if done != n:
             raise OSError(errno.ENOSPC, "short write while laying out the file")
-        pos += n
-        source.advance()
-    os.fsync(fd)
+        pos, at = pos + n, at + n
+        if at == len(source.current_chunk()):
+            source.advance()
+            at = 0
+    if sync:  # many small files: the caller syncs them all at once (an fsync each costs ms)
+        os.fsync(fd)
     source.wait_ns = 0
+    return at
 
 
 def evict(fd: int, sync: bool = True) -> None:
@@ -45,28 +52,47 @@ def prepare_files(spec: Spec, placement) -> list[str]:
     direct = placement.io_mode in ("direct", "direct-ignored")
     laid_out = 0  # bytes of the finished files, for the message of a full disk
     layout = spec.needs_layout and not spec.read_only_target
-    for worker, path in enumerate(placement.worker_paths(spec.writers)):
-        fd = os.open(path, (os.O_RDWR if layout else os.O_RDONLY) | (os.O_DIRECT if direct else 0))
+    if layout:  # each worker's files (extents) in order, from the worker's one data stream
+        work = [(w, [(str(p), b, n) for p, b, n in placement.worker_extents(w, spec.file_size)])
+                for w in range(spec.writers)]
+    else:  # nothing to write: evict every file once (target=file: the files read)
+        work = [(w, [(str(p), 0, 0)]) for w, p in enumerate(placement.worker_paths(spec.writers))]
+    many = layout and any(len(extents) > 1 for _, extents in work)  # small files: one sync, then evict each
+    for worker, extents in work:
+        source = write_source(spec, worker) if layout else None
+        at = 0
         try:
-            if layout:
-                source = write_source(spec, worker)
+            for path, base, size in extents:
+                fd = os.open(path, (os.O_RDWR if layout else os.O_RDONLY) | (os.O_DIRECT if direct else 0))
                 try:
-                    lay_out(fd, spec, source, placement.offset(worker, spec.file_size))
-                finally:
-                    source.close()
-            elif spec.pattern == FORMAT_READ:  # the worker's table in its format; evict() below fsyncs it
-                from .formats import write_worker_file
+                    if layout:
+                        at = lay_out(fd, spec, source, base, size, at, sync=not many)
+                    elif spec.pattern == FORMAT_READ:  # the worker's table in its format; evict() fsyncs it
+                        from .formats import write_worker_file
 
-                write_worker_file(spec, worker, str(path))
-            if spec.cache != "warm":
-                evict(fd, sync=not spec.read_only_target)
-        except OSError as e:  # a full disk (or an I/O error) while laying out: one line, as in the window
-            partial = os.fstat(fd).st_size if placement.shared_path is None else 0
-            raise WorkloadError(describe_error({"errno": e.errno, "message": e.strerror or str(e),
-                                                "bytes_done": laid_out + partial}, placement)) from None
+                        write_worker_file(spec, worker, path)
+                    if spec.cache != "warm" and not many:
+                        evict(fd, sync=not spec.read_only_target)
+                except OSError as e:  # a full disk (or an I/O error) while laying out: one line, as in the window
+                    partial = os.fstat(fd).st_size if placement.shared_path is None else 0
+                    raise WorkloadError(describe_error({"errno": e.errno, "message": e.strerror or str(e),
+                                                        "bytes_done": laid_out + partial}, placement)) from None
+                finally:
+                    os.close(fd)
+                laid_out += size
         finally:
-            os.close(fd)
-        laid_out += spec.file_size
+            if source is not None:
+                source.close()
+    if many:
+        os.sync()  # every laid-out file reaches the device, then each is evicted
+        for _, extents in work:
+            for path, _, _ in extents:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    if spec.cache != "warm":
+                        evict(fd, sync=False)
+                finally:
+                    os.close(fd)
     warnings = []
     if spec.cache == "drop":
         why = drop_caches()

@@ -20,11 +20,13 @@ import time
 
 import psutil
 
+from . import metadata
 from .errors import Interrupted, WorkloadError
 from .metrics import LatencyHistogram, Result
 from .prepare import describe_error, device_counters, prepare_files
 from .sampler import Sampler
 from .formats import format_loop
+from .metadata import metadata_loop
 from .spec import FORMAT_READ, Spec
 from .worker import Aborted, worker_loop
 
@@ -69,9 +71,13 @@ def _worker_main(spec, worker, extents, direct, shared, go, out, parent):
         shared.starts[worker] = time.perf_counter_ns()
 
     try:
-        loop = format_loop if spec.pattern == FORMAT_READ else worker_loop  # format_read: numpy/pyarrow loads
-        result = loop(spec, worker, None, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
-                      extents=extents)
+        if spec.metadata:  # mdtest's phases in the worker's own directory (extents: [(dir, 0, 0)])
+            result = metadata_loop(spec, worker, extents[0][0], wait_start, shared.ops_done, shared.stop,
+                                   shared.phase_done)
+        else:
+            loop = format_loop if spec.pattern == FORMAT_READ else worker_loop  # format_read: numpy/pyarrow loads
+            result = loop(spec, worker, None, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
+                          extents=extents)
         result["error"] = None
     except Aborted:
         result["aborted"] = True
@@ -96,6 +102,7 @@ class _Shared:
     def __init__(self, ctx, n: int):
         self.prepared, self.ops_done, self.starts = ctx.RawArray("b", n), ctx.RawArray("q", n), ctx.RawArray("q", n)
         self.stop = ctx.RawValue("b", 0)
+        self.phase_done = ctx.RawArray("q", n)  # pattern=metadata: phases each worker finished (the barrier)
         self.go_wait, self.go = ctx.Pipe(duplex=False)  # closing `go` starts every worker at once
         self.results = [ctx.Pipe(duplex=False) for _ in range(n)]  # one (reader, writer) per worker
 
@@ -111,7 +118,7 @@ class _Shared:
 
 
 def run_workers(spec: Spec, placement, progress) -> Result:
-    paths = [str(p) for p in placement.worker_paths(spec.writers)]
+    paths = [str(p) for p in placement.worker_paths(spec.writers)]  # none for pattern=metadata
     warnings = prepare_files(spec, placement) if paths else []
     ctx = mp.get_context("spawn")
     n = spec.writers
@@ -120,6 +127,8 @@ def run_workers(spec: Spec, placement, progress) -> Result:
     # what each worker reads or writes: [(path, base, bytes)], one extent but with target=file
     extents = [[(str(p), b, size) for p, b, size in placement.worker_extents(w, spec.file_size)] if paths else None
                for w in range(n)]
+    if spec.metadata and placement.dirs:
+        extents = [[(str(placement.worker_dir(w)), 0, 0)] for w in range(n)]
     procs = [ctx.Process(target=_worker_main, name=f"iosweep-worker-{w}", daemon=True,
                          args=(spec, w, extents[w], direct, shared, shared.go_wait, shared.results[w][1],
                                os.getpid()))
@@ -310,6 +319,8 @@ def _stopped(p) -> bool:
 
 
 def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> Result:
+    if spec.metadata:
+        return metadata.merge(spec, outs, placement.io_mode, timeseries)
     hist_r, hist_w = LatencyHistogram(), LatencyHistogram()
     for o in outs:
         hist_r.merge(o["hist_r"])

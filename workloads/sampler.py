@@ -74,6 +74,10 @@ class Sampler:
             self.last_t, self.last_ops, self.last_dev = now, ops, dev
             self.next_log += int(self.spec.log_interval_s * 1e9)
         if now >= self.next_progress and self.progress is not None:
-            rate = self.rows[-1]["mib_s"] if self.rows else 0.0
-            self.progress((now - self.t0) / 1e9, ops * self.spec.block_size, rate)
+            if self.spec.metadata:  # files handled (all phases), not bytes
+                rate = self.rows[-1]["iops"] if self.rows else 0.0
+                self.progress((now - self.t0) / 1e9, ops, rate, unit="files")
+            else:
+                rate = self.rows[-1]["mib_s"] if self.rows else 0.0
+                self.progress((now - self.t0) / 1e9, ops * self.spec.block_size, rate)
             self.next_progress += 1_000_000_000

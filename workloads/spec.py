@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")
+PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")  # block ops over a worker's files
+FILE_OP_PATTERNS = ("metadata",)  # ops on files themselves (create, stat, open, unlink): workloads/metadata.py
 FORMAT_READ = "format_read"  # not a block pattern: loads a table file with numpy/pyarrow (workloads/formats.py)
 TABLE_FORMATS = ("binary", "npy", "csv", "parquet")  # data.format of pattern=format_read
 CACHE_MODES = ("cold", "warm", "drop")
@@ -21,6 +22,7 @@ MAX_WRITERS = 256  # beyond this a 2..64-core box only measures its scheduler
 MAX_SECONDS = 7 * 24 * 3600  # a week: longer is a typo, and ns clocks and fio's runtime still hold it
 MAX_IODEPTH = 32768  # IORING_MAX_ENTRIES: the largest ring the kernel makes
 MAX_SEED = 2**63 - 2  # fio takes randseed=seed+1 as a signed 64-bit number
+MIN_FILE = 1024  # file_kb: the smallest file (1 KiB), as the notebook's smallest
 NAME_MAX, PATH_MAX = 255, 4096  # Linux: bytes per path component, bytes per path (with its NUL)
 
 
@@ -97,19 +99,37 @@ class Spec:
     target_path: str | None = None  # target=device: an existing file or block device; target=file: file, dir or glob
     allow_overwrite: bool = False  # target=device: consent to overwrite target_path
     data: DataSpec = field(default_factory=DataSpec)
+    files_per_writer: int = 1  # files each worker owns, visited one after another (fio nrfiles)
+    file_bytes: int | None = None  # bytes per file (fio filesize); None: the writer's share of size_bytes split
+    #                                 over its files_per_writer files. pattern=metadata: bytes written per file (0)
     seed: int = 0
     keep_files: bool = False
     log_interval_s: float = 1.0
 
     @property
-    def file_size(self) -> int:
-        """Bytes per writer file, rounded down to whole blocks (format_read: an upper bound of its table file)."""
+    def per_file(self) -> int:
+        """Bytes per file: file_bytes, or the writer's share of size_bytes over its files in whole blocks
+        (format_read: an upper bound of its table file)."""
         if self.pattern == FORMAT_READ and self.data.format in TABLE_FORMATS and self.data.rows:
             from .formats import estimated_bytes
 
             return estimated_bytes(self.data.format, self.data.rows)
-        per = self.size_bytes // self.writers
+        if self.file_bytes is not None:
+            return self.file_bytes
+        if self.metadata:
+            return 0  # mdtest's default: empty files
+        per = self.size_bytes // self.writers // self.files_per_writer
         return per - per % self.block_size
+
+    @property
+    def file_size(self) -> int:
+        """Bytes per writer (over all its files), in whole blocks per file."""
+        return self.per_file * self.files_per_writer
+
+    @property
+    def metadata(self) -> bool:
+        """mdtest's phases (create, stat, open, unlink) over files_per_writer files per worker."""
+        return self.pattern == "metadata"
 
     @property
     def reads(self) -> bool:
@@ -131,7 +151,7 @@ class Spec:
     @property
     def needs_layout(self) -> bool:
         """Reads and random writes run over files laid out in full beforehand, as fio does."""
-        return self.pattern not in ("seq_write", FORMAT_READ)  # format_read: formats.write_worker_file
+        return self.pattern not in ("seq_write", "metadata", FORMAT_READ)  # format_read: formats.write_worker_file
 
     def check(self) -> "Spec":
         def positive(key, value, unit=""):
@@ -147,8 +167,9 @@ class Spec:
             if value > MAX_SECONDS:
                 raise ConfigError(key, value, f"must be at most {MAX_SECONDS} (one week, in seconds)")
 
-        if self.pattern not in PATTERNS + (FORMAT_READ,):
-            raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(PATTERNS + (FORMAT_READ,)))
+        if self.pattern not in PATTERNS + FILE_OP_PATTERNS + (FORMAT_READ,):
+            raise ConfigError("pattern", self.pattern,
+                              "choose one of " + ", ".join(PATTERNS + FILE_OP_PATTERNS + (FORMAT_READ,)))
         self._check_format_read()
         if self.block_size <= 0 or self.block_size % 1024:
             raise ConfigError("block_kb", self.block_size / 1024, "must be a whole number of KiB > 0")
@@ -186,7 +207,9 @@ class Spec:
         if self.direct and self.block_size % PAGE:
             raise ConfigError("block_kb", self.block_size // 1024,
                               "direct=true needs a multiple of 4 KiB (or set direct=false)")
-        if not self.read_only_target and self.pattern != FORMAT_READ and self.file_size < self.block_size:  # target=file: resolve() says
+        self._check_files()
+        if not self.read_only_target and not self.metadata and self.pattern != FORMAT_READ \
+                and self.file_size < self.block_size:  # target=file: resolve() says
             raise ConfigError("size_mb", self.size_bytes >> 20,
                               f"too small for writers={self.writers} x block_kb={self.block_size >> 10}: "
                               "each writer needs at least one block")
@@ -228,6 +251,51 @@ class Spec:
                               ("target", self.target in ("file", "device"),
                                "format_read writes its own table files: use target=local or tmpfs"),
                               ("iodepth", self.iodepth != 1, "a load is one call of the format's reader: "
-                                                             "set iodepth=1")):
+                                                             "set iodepth=1"),
+                              ("files_per_writer", self.files_per_writer != 1 or self.file_bytes is not None,
+                               "each worker loads one table file (data.rows sizes it): set files_per_writer=1 "
+                               "and file_kb=null")):
             if bad:
                 raise ConfigError(key, getattr(self, key), f"not with pattern=format_read: {fix}")
+
+    def _check_files(self) -> None:
+        """files_per_writer and file_kb (small files), and what pattern=metadata needs."""
+        fpw, fb = self.files_per_writer, self.file_bytes
+        if isinstance(fpw, bool) or not isinstance(fpw, int) or fpw < 1:
+            raise ConfigError("files_per_writer", fpw, "must be a whole number >= 1 (files each writer owns)")
+        if fb is not None:
+            if isinstance(fb, bool) or not isinstance(fb, int) or fb < 0 or fb % 1024 \
+                    or (fb < MIN_FILE and not (fb == 0 and self.metadata)):
+                kb = (fb // 1024 if fb % 1024 == 0 else fb / 1024) \
+                    if isinstance(fb, (int, float)) and not isinstance(fb, bool) else fb
+                raise ConfigError("file_kb", kb, "must be a whole number of KiB >= 1 (or null: the writer's share "
+                                                 "of size_mb)" + ("; 0 with pattern=metadata: empty files"
+                                                                  if self.metadata else ""))
+        if (fpw > 1 or fb is not None) and self.target not in ("local", "tmpfs"):
+            raise ConfigError("files_per_writer" if fpw > 1 else "file_kb", fpw if fpw > 1 else fb // 1024,
+                              f"iosweep creates small files in its own scratch dir, and target={self.target} is "
+                              "not one: use target=local or target=tmpfs")
+        if self.metadata:
+            problems = [("engine", self.engine, "only engine=sync runs pattern=metadata (fio has no create/stat/"
+                                                "unlink phases; mdtest does): set engine=sync")
+                        if self.engine != "sync" else None,
+                        ("duration_s", self.duration_s, "pattern=metadata runs each phase over files_per_writer "
+                                                        "files (mdtest -n): set duration_s=null")
+                        if self.duration_s is not None else None,
+                        ("ramp_s", self.ramp_s, "pattern=metadata has no warm-up: set ramp_s=0") if self.ramp_s
+                        else None,
+                        ("direct", True, "pattern=metadata goes through the page cache, as mdtest does: set "
+                                         "direct=false") if self.direct else None,
+                        ("iodepth", self.iodepth, "pattern=metadata issues one op at a time: set iodepth=1")
+                        if self.iodepth != 1 else None]
+            for problem in filter(None, problems):
+                raise ConfigError(*problem)
+        elif fb is not None and fb % self.block_size:
+            raise ConfigError("file_kb", fb // 1024, f"must be a multiple of block_kb={self.block_size >> 10} "
+                                                     "(every op reads or writes a whole block of one file): "
+                                                     "change file_kb or block_kb")
+        elif fb is None and fpw > 1 and self.size_bytes is not None and self.per_file < self.block_size:
+            raise ConfigError("files_per_writer", fpw,
+                              f"leaves files smaller than block_kb={self.block_size >> 10}: size_mb="
+                              f"{self.size_bytes >> 20} / writers={self.writers} / files_per_writer={fpw}; "
+                              "raise size_mb, or lower files_per_writer or block_kb")

@@ -90,6 +90,7 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
             hints.advise(issuer, spec.hint)
         issuer = hints.prefetching(spec, issuer)
         current, earlier = 0, {}  # the extent being read; counters of the issuers already closed
+        written = {}  # files written and closed before the last one: end_fsync reaches them too
         rec_r, rec_w = Recorder(), Recorder()  # filled in place by the issuer
         ops_r = ops_w = wi = 0
         wchunk = wsrc.current_chunk() if spec.writes else None
@@ -118,15 +119,24 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                 n_r, n_w = issuer.drain(rec_r, rec_w, timed)
                 ops_r, ops_w = ops_r + n_r, ops_w + n_w
                 earlier = _add(earlier, issuer.counters()) if measuring else {}
-                issuer.close()
-                issuer = None
+                # sync: the same issuer and buffers for the next file (not a prefetcher: its state is per file)
+                keep = isinstance(issuer, engines.base.Issuer) and issuer.retargetable
+                if not keep:
+                    issuer.close()
+                    issuer = None
+                if spec.writes:
+                    written[path] = None
                 os.close(fd)
                 fd = -1
                 current, (path, base, length) = index, extents[index]
                 fd = os.open(path, open_flags(spec, direct))
-                issuer = engine.issuer(spec, fd, base, length)
+                if keep:
+                    issuer.retarget(fd, base, length)
+                else:
+                    issuer = engine.issuer(spec, fd, base, length)
                 hints.advise(issuer, spec.hint)  # inside the window: opening the next file is part of the run
-                issuer = hints.prefetching(spec, issuer)
+                if not keep:
+                    issuer = hints.prefetching(spec, issuer)
                 if measuring:
                     issuer.start_window()
             if base:
@@ -165,6 +175,13 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
         hist_r, hist_w = rec_r.histogram(), rec_w.histogram()
         if spec.writes and fd >= 0 and spec.end_fsync:
             issuer.flush()  # written data reaches the device inside the window (fio end_fsync)
+            for other in written:  # a worker's other files: fio's end_fsync reopens and fsyncs each too
+                if other != path:
+                    other_fd = os.open(other, os.O_RDONLY)
+                    try:
+                        os.fsync(other_fd)
+                    finally:
+                        os.close(other_fd)
         t_end = clock()
         counters = _add(earlier, issuer.counters())
         if not measuring:  # the run ended inside the warm-up: nothing was measured

@@ -62,8 +62,15 @@ def job_file(spec: Spec, placement, logs: Path) -> str:
         raise ConfigError("engine.ioengine", ioengine, "choose one of " + ", ".join(FIO_IOENGINES))
     if placement.shared_path is not None:  # target=device (or file): one path, a region per job
         where = [("filename", fio_path("target.path", placement.shared_path)), ("offset_increment", spec.file_size)]
+    elif spec.files_per_writer > 1:  # a job's small files, visited in order, each opened when reached and
+        #                                 closed when done, as iosweep's worker does (Placement.worker_path)
+        where = [("directory", fio_path("target.dir", placement.scratch)),
+                 ("filename_format", "job$jobnum.$filenum.dat"), ("nrfiles", spec.files_per_writer),
+                 ("filesize", spec.per_file), ("file_service_type", "sequential"), ("openfiles", 1)]
     else:  # the files iosweep created
         where = [("directory", fio_path("target.dir", placement.scratch)), ("filename_format", "job$jobnum.dat")]
+        if spec.file_bytes is not None:
+            where.append(("filesize", spec.per_file))
     log = fio_path("TMPDIR", logs / LOG_PREFIX)
     options = [("ioengine", ioengine), ("iodepth", spec.iodepth), ("rw", RW[spec.pattern]),
                ("bs", spec.block_size), ("size", spec.file_size), ("numjobs", spec.writers), *where,

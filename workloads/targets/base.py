@@ -72,11 +72,21 @@ class Placement:
     files: list[Path] = field(default_factory=list)  # what this run created, and will remove
     warnings: list[str] = field(default_factory=list)
     shared_path: Path | None = None  # target=device: one existing path, a region per worker
+    files_per_writer: int = 1  # files each worker owns (fio nrfiles): its extents, one per file
+    dirs: list[Path] = field(default_factory=list)  # pattern=metadata: a directory per worker, made by this run
 
-    def worker_path(self, worker: int) -> Path:
+    def worker_path(self, worker: int, index: int = 0) -> Path:
+        """The worker's file `index` (of files_per_writer): fio's filename_format job$jobnum.dat, or
+        job$jobnum.$filenum.dat with several files, names the same."""
         if self.shared_path is not None:
             return self.shared_path
-        return self.scratch / f"job{worker}.dat"  # fio's filename_format=job$jobnum.dat names the same
+        if self.files_per_writer > 1:
+            return self.scratch / f"job{worker}.{index}.dat"
+        return self.scratch / f"job{worker}.dat"
+
+    def worker_dir(self, worker: int) -> Path:
+        """pattern=metadata: where worker `worker` creates, stats and removes its files (mdtest's per-rank dir)."""
+        return self.scratch / f"md{worker}"
 
     def worker_paths(self, writers: int) -> list[Path]:
         """The file each worker uses: the run's own files, or the shared existing path."""
@@ -90,7 +100,11 @@ class Placement:
 
     def worker_extents(self, worker: int, file_size: int) -> list[tuple[Path, int, int]]:
         """What the worker reads or writes, as [(path, where its part starts, bytes)]: its region of
-        one file here; target=file gives a worker's share of several files as several extents."""
+        one file, or its files_per_writer files (file_size is the worker's total); target=file gives a
+        worker's share of several files as several extents."""
+        if self.shared_path is None and self.files_per_writer > 1:
+            per_file = file_size // self.files_per_writer
+            return [(self.worker_path(worker, i), 0, per_file) for i in range(self.files_per_writer)]
         return [(self.worker_path(worker), self.offset(worker, file_size), file_size)]
 
     def info(self) -> dict:

@@ -23,7 +23,10 @@ SPACE_MARGIN_SHARE = 20  # ...but on a small filesystem no more than 1/20 of it
 # of a VM...), and only then: its owner is gone, and it holds nothing but names iosweep gives.
 OWNER_FILE = ".iosweep-owner"
 PROBE_FILE = ".iosweep-direct-probe"
-OUR_NAMES = re.compile(r"job\d+\.dat|" + re.escape(PROBE_FILE) + "|" + re.escape(OWNER_FILE))
+OUR_NAMES = re.compile(r"job\d+(\.\d+)?\.dat|" + re.escape(PROBE_FILE) + "|" + re.escape(OWNER_FILE))
+OUR_DIRS = re.compile(r"md\d+")  # pattern=metadata: a directory per worker...
+OUR_DIR_NAMES = re.compile(r"f\d+")  # ...holding only files named f<i>
+INODE_MARGIN = 16  # the scratch dir, its owner marker, the O_DIRECT probe, and room for others
 
 
 @register
@@ -61,7 +64,9 @@ class LocalTarget:
             raise ConfigError("size_mb", spec.size_bytes >> 20,
                               f"needs {need >> 20} MiB but {root} has {free >> 20} MiB free: "
                               "lower size_mb or choose another target.dir")
+        self._check_inodes(root)
         remove_stale_scratch(root)
+        placement.files_per_writer = spec.files_per_writer
         placement.scratch = Path(tempfile.mkdtemp(prefix="iosweep-", dir=root))
         try:
             with open(placement.scratch / OWNER_FILE, "x") as f:
@@ -86,12 +91,29 @@ class LocalTarget:
         placement.warnings.append(f"O_DIRECT refused by {fs} ({refused}); ran buffered (direct_fallback=true)")
         return "buffered"
 
+    def _check_inodes(self, root: Path) -> None:
+        """Refuse, before anything is created, a file count the filesystem's free inodes cannot hold."""
+        spec = self.spec
+        count = spec.writers * (spec.files_per_writer + (1 if spec.metadata else 0))  # metadata: + a dir each
+        st = os.statvfs(root)
+        if st.f_files and count + INODE_MARGIN > st.f_favail:  # f_files 0: no inode limit (btrfs...)
+            raise ConfigError("files_per_writer", spec.files_per_writer,
+                              f"needs {count} files (writers={spec.writers} x files_per_writer="
+                              f"{spec.files_per_writer}) but the filesystem of {root} has {st.f_favail} free inodes: "
+                              "lower files_per_writer or writers, or choose another target.dir")
+
     def create_files(self, placement: Placement) -> None:
-        """Create every worker file here, under names iosweep owns; O_EXCL never clobbers."""
+        """Create every worker file here, under names iosweep owns; O_EXCL never clobbers.
+        pattern=metadata: a directory per worker instead; its files are created inside the window."""
         for w in range(self.spec.writers):
-            path = placement.worker_path(w)
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-            placement.files.append(path)
+            if self.spec.metadata:
+                placement.worker_dir(w).mkdir()
+                placement.dirs.append(placement.worker_dir(w))
+                continue
+            for i in range(self.spec.files_per_writer):
+                path = placement.worker_path(w, i)
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+                placement.files.append(path)
 
     def cleanup(self, placement: Placement) -> None:
         """Remove the files this run created and its scratch directory, nothing else."""
@@ -101,6 +123,9 @@ class LocalTarget:
             except FileNotFoundError:
                 pass
         placement.files.clear()
+        for d in placement.dirs:  # pattern=metadata: the files an interrupted phase left, then the dir
+            _remove_our_dir(d)
+        placement.dirs.clear()
         if placement.scratch is not None:
             (placement.scratch / OWNER_FILE).unlink(missing_ok=True)
             try:
@@ -146,12 +171,26 @@ def remove_stale_scratch(root: Path) -> list[Path]:
             for f in d.iterdir():
                 if OUR_NAMES.fullmatch(f.name) and f.is_file() and not f.is_symlink() and f.name != OWNER_FILE:
                     f.unlink()
+                elif OUR_DIRS.fullmatch(f.name) and f.is_dir() and not f.is_symlink():
+                    _remove_our_dir(f)
             (d / OWNER_FILE).unlink()
             d.rmdir()  # fails if anything else is in there: then it stays, unmarked
             removed.append(d)
         except (OSError, ValueError, KeyError, TypeError):
             continue
     return removed
+
+
+def _remove_our_dir(d: Path) -> None:
+    """Remove the files named f<i> in a metadata worker's dir, then the dir if that emptied it."""
+    try:
+        with os.scandir(d) as entries:
+            for e in entries:
+                if OUR_DIR_NAMES.fullmatch(e.name) and e.is_file(follow_symlinks=False):
+                    os.unlink(e.path)
+        d.rmdir()  # only if empty: never removes what others put there
+    except OSError:
+        pass
 
 
 def probe_direct(directory: Path) -> str | None:
