@@ -28,7 +28,7 @@ import numpy as np
 
 from .metrics import LatencyHistogram
 from .prepare import evict
-from .spec import TABLE_FORMATS as FORMATS, Spec
+from .spec import Spec
 
 TABLE_DTYPE = np.dtype([("id", "<i8"), ("ts_ns", "<i8"), ("x0", "<f8"), ("x1", "<f8"), ("x2", "<f8"),
                         ("x3", "<f8"), ("score", "<f4"), ("label", "S8")])
