@@ -118,7 +118,19 @@ def to_spec(cfg: DictConfig) -> Spec:
         seed=_whole(cfg, "seed", 0), keep_files=_switch(cfg, "keep_files"),
         log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
         latency=_switch(cfg, "latency"), access=cfg.engine.access, **_uring_knobs(cfg),
+        trace=cfg.pattern.trace, timing=cfg.pattern.timing or "asap", **_merge_knobs(cfg),
     ).check()
+
+
+def _merge_knobs(cfg: DictConfig) -> dict:
+    """merge_kb (null or -1: off; a negative other than -1 is refused) and merge.batch."""
+    if cfg.merge_kb is None or (cfg.merge_kb == -1 and not isinstance(cfg.merge_kb, bool)):
+        return {}
+    value = cfg.merge_kb
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError("merge_kb", value, "must be a whole number of KiB >= 0 (0: merge adjacent requests only), "
+                                             "or null / -1 to turn merging off")
+    return {"merge_kb": value, "merge_batch": _whole(cfg, "merge.batch")}
 
 
 def _uring_knobs(cfg: DictConfig) -> dict:
@@ -157,6 +169,8 @@ def run_name(cfg: DictConfig) -> str:
 # shows only the knobs that shaped the measurement
 APPLIES = {
     "pattern.read_pct": lambda c: c.pattern.name == "mixed",  # the other patterns fix the mix
+    "block_kb": lambda c: c.pattern.name != "replay",  # replay: the trace's ops set their lengths
+    "merge.batch": lambda c: c.merge_kb not in (None, -1),
     "end_fsync": lambda c: Spec(pattern=c.pattern.name).writes,
     "direct_fallback": lambda c: c.direct is True,
     "engine.ioengine": lambda c: c.engine.name == "fio",
@@ -166,7 +180,8 @@ APPLIES = {
     "target.dir": lambda c: c.target.name not in ("device", "file"),
     "target.path": lambda c: c.target.name in ("device", "file"),
     "target.size_mb": lambda c: c.target.name == "file",
-    "size_mb": lambda c: c.target.name != "file",  # target=file reads the files' size (target.size_mb caps it)
+    "size_mb": lambda c: c.target.name != "file" and c.pattern.name != "replay",  # target=file: the files' size;
+    #                                                                             replay: the trace's extent
     "target.allow_overwrite": lambda c: c.target.name == "device",
     "data.compress_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file",  # file: the user's bytes
     "data.dedup_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file",
@@ -176,8 +191,8 @@ APPLIES = {
 def _applies(key: str, cfg: DictConfig) -> bool:
     try:
         return key not in APPLIES or APPLIES[key](cfg)
-    except OmegaConfBaseException:  # the deciding knob does not resolve: keep the key, the point fails by name
-        return True
+    except (OmegaConfBaseException, ConfigError):  # the deciding knob does not resolve (or names a bad trace):
+        return True  # keep the key, the point fails by name
 
 
 def params_of(cfg: DictConfig, hc) -> dict[str, str]:

@@ -46,7 +46,12 @@ def describe(spec: Spec) -> str:
     what = f"{spec.pattern}" + (f" read_pct={spec.read_pct}" if spec.pattern == "mixed" else "")
     how = f"duration {spec.duration_s:g} s" if spec.duration_s else \
         "all of target.path" if spec.size_bytes is None else f"{spec.size_bytes >> 20} MiB"
-    return (f"{what}  block {spec.block_size >> 10} KiB  writers {spec.writers}  {how}  "
+    block = f"block {spec.block_size >> 10} KiB"
+    if spec.pattern == "replay":  # the trace sets the ops' lengths and the bytes
+        what, block, how = f"replay {spec.trace} (timing {spec.timing})", "ops of the trace's lengths", "once"
+    if spec.merge_kb is not None:
+        what += f"  merge_kb {spec.merge_kb} (batches of {spec.merge_batch})"
+    return (f"{what}  {block}  writers {spec.writers}  {how}  "
             f"engine {spec.engine}  direct {str(spec.direct).lower()}  "
             f"target {spec.target}:{spec.target_path if spec.target in ('device', 'file') else spec.target_dir}")
 

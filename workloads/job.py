@@ -21,6 +21,10 @@ def run(spec: Spec, progress=None) -> Result:
     """Run one measured point (`repeats` times). `progress(elapsed_s, bytes_done, mib_s)` is called
     about once a second. Raises ConfigError for bad input (before any I/O), WorkloadError for I/O."""
     spec.check()
+    if spec.pattern == "replay":  # the trace sets the block: its largest op (read buffer, write blocks)
+        from .replay import resolve as replay_resolve
+
+        spec = replay_resolve(spec).check()
     resolve = getattr(targets.get(spec.target), "resolve", None)
     if resolve is not None:  # the target fixes what the spec leaves to it (target=file: the files' size)
         spec = resolve(spec).check()

@@ -137,8 +137,8 @@ def combine(results: list["Result"]) -> "Result":
         out.lat_write.merge(r.lat_write)
         out.cpu_s += r.cpu_s
         out.datagen_wait_s += r.datagen_wait_s
-        for k, v in r.counters.items():
-            out.counters[k] = out.counters.get(k, 0.0) + v
+        for k, v in r.counters.items():  # a maximum (`*_max_us`) is the largest, the rest add up
+            out.counters[k] = max(out.counters.get(k, 0.0), v) if k.endswith("_max_us") else out.counters.get(k, 0.0) + v
         if dev:
             out.device_read_bytes += r.device_read_bytes
             out.device_write_bytes += r.device_write_bytes
@@ -205,6 +205,8 @@ class Result:
             m.update(repeat_stats(self.repeat_throughputs))
         m.update(self.data_measured)
         m.update(self.counters)
+        if "replay_late_total_us" in self.counters and total_ops:  # pattern.timing=original
+            m["replay_late_mean_us"] = self.counters["replay_late_total_us"] / total_ops
         if self.device_read_bytes is not None:
             m["device_read_bytes"] = float(self.device_read_bytes)
             m["device_write_bytes"] = float(self.device_write_bytes)

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")
+PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed", "replay")
+TIMINGS = ("asap", "original")  # pattern=replay: issue the trace's ops back to back, or at the trace's times
 CACHE_MODES = ("cold", "warm", "drop")
 DATA_KINDS = ("dgen", "zeros")
 PAGE = 4096
@@ -93,19 +94,45 @@ class Spec:
     seed: int = 0
     keep_files: bool = False
     log_interval_s: float = 1.0
+    trace: str | None = None  # pattern=replay: an fio iolog (v2/v3) or a CSV offset,length,op[,time_us]
+    timing: str = "asap"  # pattern=replay: one of TIMINGS
+    merge_kb: int | None = None  # reads: coalesce requests <= merge_kb apart within each batch (None: off)
+    merge_batch: int = 32  # ops per batch that merge_kb sorts and coalesces
+
+    def _trace(self):
+        from .replay import load  # parsed once per process (cached by path, size and mtime)
+
+        return load(self.trace, self.direct)
+
+    @property
+    def max_op_bytes(self) -> int:
+        """The largest op: what a read buffer (per slot) must hold. block_size unless ops vary."""
+        if self.pattern == "replay":
+            return max(self._trace().max_length, self.block_size)
+        if self.merge_kb is not None:
+            from .merge import max_request
+
+            return max_request(self)
+        return self.block_size
 
     @property
     def file_size(self) -> int:
         """Bytes per writer file, rounded down to whole blocks."""
+        if self.pattern == "replay":  # the bytes the trace addresses: its files are laid out that large
+            return self._trace().end
         per = self.size_bytes // self.writers
         return per - per % self.block_size
 
     @property
     def reads(self) -> bool:
+        if self.pattern == "replay":
+            return self._trace().reads > 0
         return self.pattern in ("seq_read", "rand_read", "mixed")
 
     @property
     def writes(self) -> bool:
+        if self.pattern == "replay":
+            return self._trace().writes > 0
         return self.pattern in ("seq_write", "rand_write", "mixed")
 
     @property
@@ -138,6 +165,12 @@ class Spec:
 
         if self.pattern not in PATTERNS:
             raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(PATTERNS))
+        if self.pattern == "replay":
+            self._check_replay()
+        if self.merge_kb is not None:
+            from .merge import check
+
+            check(self)
         if self.block_size <= 0 or self.block_size % 1024:
             raise ConfigError("block_kb", self.block_size / 1024, "must be a whole number of KiB > 0")
         positive("writers", self.writers)
@@ -147,6 +180,9 @@ class Spec:
                 or not 1 <= self.iodepth <= MAX_IODEPTH:
             raise ConfigError("iodepth", self.iodepth, f"must be a whole number from 1 to {MAX_IODEPTH} "
                                                        "(the io_uring ring limit)")
+        if self.read_only_target and self.writes and self.pattern == "replay":
+            raise ConfigError("pattern.trace", self.trace, f"has {self._trace().writes} write(s) and target=file only "
+                                                           "reads: replay it on iosweep's own files (target=local)")
         if self.read_only_target and self.writes:
             raise ConfigError("pattern", self.pattern, "target=file only reads (iosweep never writes your files): "
                                                        "choose pattern=seq_read or rand_read, or to write into an "
@@ -174,7 +210,8 @@ class Spec:
         if self.direct and self.block_size % PAGE:
             raise ConfigError("block_kb", self.block_size // 1024,
                               "direct=true needs a multiple of 4 KiB (or set direct=false)")
-        if not self.read_only_target and self.file_size < self.block_size:  # target=file: resolve() says
+        if not self.read_only_target and self.pattern != "replay" and self.file_size < self.block_size:
+            # target=file: resolve() says; replay: the trace sets the file's size
             raise ConfigError("size_mb", self.size_bytes >> 20,
                               f"too small for writers={self.writers} x block_kb={self.block_size >> 10}: "
                               "each writer needs at least one block")
@@ -191,3 +228,18 @@ class Spec:
         if self.access is not None and self.access not in MMAP_ACCESS:
             raise ConfigError("engine.access", self.access, "choose one of " + ", ".join(MMAP_ACCESS))
         return self
+
+    def _check_replay(self) -> None:
+        """pattern=replay: a readable trace (load() names the line that is wrong), one worker, no duration."""
+        if not self.trace:
+            raise ConfigError("pattern.trace", self.trace, "pattern=replay needs a trace: set pattern.trace=PATH "
+                                                           "(an fio iolog or a CSV offset,length,op[,time_us])")
+        if self.timing not in TIMINGS:
+            raise ConfigError("pattern.timing", self.timing, "choose one of " + ", ".join(TIMINGS))
+        self._trace()
+        if self.writers != 1:
+            raise ConfigError("writers", self.writers, "pattern=replay replays the trace once, with one worker: "
+                                                       "set writers=1")
+        if self.duration_s is not None:
+            raise ConfigError("duration_s", self.duration_s, "pattern=replay runs the trace's ops once: "
+                                                             "set duration_s=null")
