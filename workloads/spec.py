@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed", "replay")
+PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")  # generated from the knobs
+ALL_PATTERNS = PATTERNS + ("replay",)  # replay: the ops of a trace (workloads/replay.py)
 TIMINGS = ("asap", "original")  # pattern=replay: issue the trace's ops back to back, or at the trace's times
 CACHE_MODES = ("cold", "warm", "drop")
 DATA_KINDS = ("dgen", "zeros")
@@ -163,8 +164,8 @@ class Spec:
             if value > MAX_SECONDS:
                 raise ConfigError(key, value, f"must be at most {MAX_SECONDS} (one week, in seconds)")
 
-        if self.pattern not in PATTERNS:
-            raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(PATTERNS))
+        if self.pattern not in ALL_PATTERNS:
+            raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(ALL_PATTERNS))
         if self.pattern == "replay":
             self._check_replay()
         if self.merge_kb is not None:

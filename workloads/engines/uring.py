@@ -83,8 +83,13 @@ class UringIssuer(Issuer):
         if err:  # as the worker reports a failed op of run()
             raise OSError(err, os.strerror(err)) if err > 0 else \
                 OSError(errno.ENOSPC if self.spec.writes else errno.EIO,
-                        f"short I/O: {ret} of at most {self.spec.max_op_bytes} bytes")
+                        f"short I/O: {ret} of {self._asked()} bytes")
         return n_r, n_w
+
+    def _asked(self) -> str:
+        """The bytes an op asked for, as far as drain() knows: ops vary in length with replay or merging."""
+        largest = self.spec.max_op_bytes
+        return str(largest) if largest == self.spec.block_size else f"up to {largest}"
 
     def start_window(self) -> None:
         from .._hotloop import uring_enters
