@@ -75,13 +75,18 @@ def _worker_main(spec, worker, extents, direct, shared, go, out, parent):
         result["aborted"] = True
     except OSError as e:
         result["error"] = {"errno": e.errno, "message": e.strerror or str(e),
-                           "bytes_done": shared.bytes_done[worker]}
+                           "bytes_done": _bytes_done(spec, shared, worker)}
     except BaseException as e:  # a bug: report it with its type, the parent raises it
         result["error"] = {"errno": None, "message": f"{type(e).__name__}: {e}",
-                           "bytes_done": shared.bytes_done[worker]}
+                           "bytes_done": _bytes_done(spec, shared, worker)}
     finally:
         out.send(result)
         out.close()
+
+
+def _bytes_done(spec: Spec, shared, worker: int) -> int:
+    """A worker's bytes so far: published when ops vary in length, else its ops x block_size."""
+    return shared.bytes_done[worker] if spec.variable_lengths else shared.ops_done[worker] * spec.block_size
 
 
 class _Shared:
@@ -125,7 +130,8 @@ def run_workers(spec: Spec, placement, progress) -> Result:
              for w in range(n)]
     conns = [reader for reader, _ in shared.results]
     got: dict[int, dict] = {}
-    sampler = Sampler(spec, shared.ops_done, shared.starts, progress, placement.device, shared.bytes_done)
+    sampler = Sampler(spec, shared.ops_done, shared.starts, progress, placement.device,
+                      shared.bytes_done if spec.variable_lengths else None)
     watch = _Watch(spec, procs, shared)
     dev0 = dev1 = None
     try:

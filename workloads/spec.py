@@ -106,6 +106,12 @@ class Spec:
         return load(self.trace, self.direct)
 
     @property
+    def variable_lengths(self) -> bool:
+        """Ops of different lengths (replay, merging): bytes are counted per op. Otherwise every op is
+        block_size bytes and the loops take their fast path (bytes = ops x block_size)."""
+        return self.pattern == "replay" or self.merge_kb is not None
+
+    @property
     def max_op_bytes(self) -> int:
         """The largest op: what a read buffer (per slot) must hold. block_size unless ops vary."""
         if self.pattern == "replay":

@@ -102,7 +102,7 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
         wper = len(wchunk) // bs if wchunk is not None else 0
         group = max(1, min(GROUP_MAX_OPS, GROUP_BYTES // bs))
         timed = spec.latency
-        merging = spec.merge_kb is not None
+        varlen, merging = spec.variable_lengths, spec.merge_kb is not None
         gap = (spec.merge_kb or 0) * 1024
         merged = {"ops_requested": 0, "ops_issued": 0, "bytes_over_read": 0}  # over the window
         pacer = Pacer(spec) if spec.pattern == "replay" and spec.timing == "original" else None
@@ -149,14 +149,14 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                 done, wi, n_r, n_w, err, ret = issuer.run(offsets, pos, count, flags, wchunk,
                                                           wi, rec_r, rec_w, timed, stop,
                                                           0 if deadline == NEVER else deadline, lengths)
-                if lengths is None:
-                    total_bytes += done * bs
-                else:
+                if varlen:  # else bytes = ops x block_size: the fast path publishes ops only
                     total_bytes += int(lengths[pos:pos + done].sum())
-                if merging:
-                    merged["ops_requested"] += int(covers[pos:pos + done].sum())
-                    merged["ops_issued"] += done
-                    merged["bytes_over_read"] += int(over[pos:pos + done].sum())
+                    if bytes_done is not None:
+                        bytes_done[worker] = total_bytes
+                    if merging:
+                        merged["ops_requested"] += int(covers[pos:pos + done].sum())
+                        merged["ops_issued"] += done
+                        merged["bytes_over_read"] += int(over[pos:pos + done].sum())
                 pos += done
                 total_ops += done
                 ops_r += n_r
@@ -169,8 +169,6 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                     wchunk, wi = wsrc.advance(), 0
                 if ops_done is not None:
                     ops_done[worker] = total_ops
-                if bytes_done is not None:
-                    bytes_done[worker] = total_bytes
                 t1 = clock()
                 if not measuring and t1 >= ramp_end:  # warm-up over: forget what it measured
                     rec_r, rec_w, ops_r, ops_w, earlier = Recorder(), Recorder(), 0, 0, {}
