@@ -171,7 +171,7 @@ APPLIES = {
     "pattern.read_pct": lambda c: c.pattern.name == "mixed",  # the other patterns fix the mix
     "block_kb": lambda c: c.pattern.name != "replay",  # replay: the trace's ops set their lengths
     "merge.batch": lambda c: c.merge_kb not in (None, -1),
-    "end_fsync": lambda c: Spec(pattern=c.pattern.name).writes,
+    "end_fsync": lambda c: Spec(pattern=c.pattern.name, trace=c.pattern.trace).writes,
     "direct_fallback": lambda c: c.direct is True,
     "engine.ioengine": lambda c: c.engine.name == "fio",
     **{f"engine.{k}": (lambda c: c.engine.name == "uring")
