@@ -97,3 +97,14 @@ def test_merge_from_the_command_line(tmp_path):
         err = p.stderr.strip()
         assert p.returncode == 2 and err.count("\n") == 0 and says in err, err
         assert mlflow_runs(d)[1] == []
+
+
+@pytest.mark.parametrize("engine", ["sync", "uring"])
+def test_a_read_trace_merges_too(tmp_path, engine):
+    """Merged requests of a trace's ops (of their own lengths): the read buffer holds the largest merge."""
+    trace = tmp_path / "t.csv"
+    trace.write_text("".join(f"{o},{n},read\n" for o, n in ((0, 65536), (65536, 8192), (1 << 20, 4096), (73728, 4096))))
+    r = run(Spec(pattern="replay", trace=str(trace), engine=engine, merge_kb=0, merge_batch=4,
+                 target_dir=str(tmp_path / "s")))
+    assert r.counters["ops_requested"] == 4 and r.ops_read == 2  # 0..80 KiB in one read, and 1 MiB alone
+    assert r.bytes_read == 65536 + 8192 + 4096 + 4096 and r.counters["bytes_over_read"] == 0

@@ -114,12 +114,12 @@ class Spec:
     @property
     def max_op_bytes(self) -> int:
         """The largest op: what a read buffer (per slot) must hold. block_size unless ops vary."""
-        if self.pattern == "replay":
-            return max(self._trace().max_length, self.block_size)
-        if self.merge_kb is not None:
+        if self.merge_kb is not None:  # merged requests, of the pattern's or the trace's ops
             from .merge import max_request
 
             return max_request(self)
+        if self.pattern == "replay":
+            return max(self._trace().max_length, self.block_size)
         return self.block_size
 
     @property
