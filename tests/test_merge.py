@@ -50,6 +50,7 @@ def test_a_merged_run_counts_requests_issues_and_over_read(tmp_path, engine):
     assert r.bytes_read == requested * 4 * KIB + c["bytes_over_read"]  # the real bytes, gaps included
     assert c["bytes_over_read"] > 0
     assert r.lat_read.total == r.ops_read
+    assert r.metrics()["requested_iops"] == pytest.approx(512 / r.elapsed_s)  # requests served, not reads issued
     plain = run(Spec(pattern="rand_read", block_size=4 * KIB, size_bytes=2 << 20, engine=engine,
                      target_dir=str(tmp_path)))
     assert plain.ops_read == 512 and "ops_requested" not in plain.counters

@@ -205,6 +205,8 @@ class Result:
             m.update(repeat_stats(self.repeat_throughputs))
         m.update(self.data_measured)
         m.update(self.counters)
+        if "ops_requested" in self.counters and el > 0:  # merge_kb: the pattern's requests served per second
+            m["requested_iops"] = self.counters["ops_requested"] / el
         if "replay_late_total_us" in self.counters and total_ops:  # pattern.timing=original
             m["replay_late_mean_us"] = self.counters["replay_late_total_us"] / total_ops
         if self.device_read_bytes is not None:
