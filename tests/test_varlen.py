@@ -109,3 +109,21 @@ def test_writes_of_different_lengths_write_exactly_their_bytes(tmp_path, engine)
     out = path.read_bytes()
     for off, n in zip(offsets, lengths):
         assert out[off:off + n] == b"\xab" * n and out[off + n:off + n + 1] == b"\0"
+
+
+def test_progress_and_the_time_series_use_the_bytes_workers_published():
+    """Ops of different lengths: bytes so far are what the workers published, not ops x block_size."""
+    import time
+
+    from workloads.sampler import Sampler
+
+    calls = []
+    started = time.perf_counter_ns() - 2_000_000_000  # the window started 2 s ago: one row, one progress call
+    sampler = Sampler(Spec(pattern="rand_read", block_size=4096), [10], [started],
+                      lambda t, done, rate: calls.append(done), None, bytes_done=[12345])
+    sampler.poll()
+    assert calls == [12345]
+    assert sampler.rows[0]["mib_s"] * sampler.rows[0]["t_s"] * 2**20 == pytest.approx(12345, rel=0.01)
+    fast = Sampler(Spec(pattern="rand_read", block_size=4096), [10], [started], lambda t, d, r: calls.append(d), None)
+    fast.poll()
+    assert calls[-1] == 10 * 4096  # every op one block: derived, as before
