@@ -121,7 +121,19 @@ def to_spec(cfg: DictConfig) -> Spec:
         latency=_switch(cfg, "latency"), access=cfg.engine.access, **_uring_knobs(cfg),
         hint=cfg.hint, prefetch_blocks=_whole(cfg, "prefetch.blocks", 0), prefetch_after=_whole(cfg, "prefetch.after", 0),
         files_per_writer=_whole(cfg, "files_per_writer"), file_bytes=_file_bytes(cfg),
+        trace=cfg.pattern.trace, timing=cfg.pattern.timing or "asap", **_merge_knobs(cfg),
     ).check()
+
+
+def _merge_knobs(cfg: DictConfig) -> dict:
+    """merge_kb (null or -1: off; a negative other than -1 is refused) and merge.batch."""
+    if cfg.merge_kb is None or (cfg.merge_kb == -1 and not isinstance(cfg.merge_kb, bool)):
+        return {}
+    value = cfg.merge_kb
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError("merge_kb", value, "must be a whole number of KiB >= 0 (0: merge adjacent requests only), "
+                                             "or null / -1 to turn merging off")
+    return {"merge_kb": value, "merge_batch": _whole(cfg, "merge.batch")}
 
 
 def _uring_knobs(cfg: DictConfig) -> dict:
@@ -169,7 +181,10 @@ def run_name(cfg: DictConfig) -> str:
 # shows only the knobs that shaped the measurement
 APPLIES = {
     "pattern.read_pct": lambda c: c.pattern.name == "mixed",  # the other patterns fix the mix
-    "end_fsync": lambda c: Spec(pattern=c.pattern.name).writes,
+    "block_kb": lambda c: c.pattern.name not in ("replay", "format_read"),  # replay: the trace's ops set their
+    #           lengths; format_read: a load is one call of the format's reader
+    "merge.batch": lambda c: c.merge_kb not in (None, -1),
+    "end_fsync": lambda c: Spec(pattern=c.pattern.name, trace=c.pattern.trace).writes,
     "direct_fallback": lambda c: c.direct is True,
     "engine.ioengine": lambda c: c.engine.name == "fio",
     **{f"engine.{k}": (lambda c: c.engine.name == "uring")
@@ -180,23 +195,22 @@ APPLIES = {
     "target.path": lambda c: c.target.name in ("device", "file"),
     "target.size_mb": lambda c: c.target.name == "file",
     "size_mb": lambda c: c.target.name != "file" and c.file_kb is None
-    and c.pattern.name not in ("metadata", "format_read"),
+    and c.pattern.name not in ("metadata", "format_read", "replay"),
     #          target=file reads the files' size (target.size_mb caps it); file_kb sets it; metadata: file_kb;
-    #          format_read: data.rows sizes the table
-    "files_per_writer": lambda c: c.target.name != "file" and c.pattern.name != "format_read",
+    #          format_read: data.rows sizes the table; replay: the trace's extent
+    "files_per_writer": lambda c: c.target.name != "file" and c.pattern.name not in ("format_read", "replay"),
     "target.allow_overwrite": lambda c: c.target.name == "device",
     "data.compress_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file"  # file: the user's bytes
     and c.pattern.name != "format_read",  # format_read: numpy's table, not dgen's bytes
     "data.dedup_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file" and c.pattern.name != "format_read",
-    "block_kb": lambda c: c.pattern.name != "format_read",  # a load is one call of the format's reader
 }
 
 
 def _applies(key: str, cfg: DictConfig) -> bool:
     try:
         return key not in APPLIES or APPLIES[key](cfg)
-    except OmegaConfBaseException:  # the deciding knob does not resolve: keep the key, the point fails by name
-        return True
+    except (OmegaConfBaseException, ConfigError):  # the deciding knob does not resolve (or names a bad trace):
+        return True  # keep the key, the point fails by name
 
 
 def params_of(cfg: DictConfig, hc) -> dict[str, str]:

@@ -54,7 +54,12 @@ def describe(spec: Spec) -> str:
     if spec.metadata or spec.files_per_writer > 1 or spec.file_bytes is not None:  # small files
         how = f"{spec.files_per_writer} files x {spec.per_file / 1024:g} KiB per writer" + \
             (f" ({spec.file_size * spec.writers / MIB:g} MiB)" if not spec.metadata else "")
-    return (f"{what}  block {spec.block_size >> 10} KiB  writers {spec.writers}  {how}  "
+    block = f"block {spec.block_size >> 10} KiB"
+    if spec.pattern == "replay":  # the trace sets the ops' lengths and the bytes
+        what, block, how = f"replay {spec.trace} (timing {spec.timing})", "ops of the trace's lengths", "once"
+    if spec.merge_kb is not None:
+        what += f"  merge_kb {spec.merge_kb} (batches of {spec.merge_batch})"
+    return (f"{what}  {block}  writers {spec.writers}  {how}  "
             f"engine {spec.engine}  direct {str(spec.direct).lower()}  "
             f"target {spec.target}:{spec.target_path if spec.target in ('device', 'file') else spec.target_dir}")
 

@@ -32,6 +32,8 @@ class TargetConf:
 class PatternConf:
     name: str = "seq_write"
     read_pct: Any = 100  # share of reads in percent; used by the mixed pattern
+    trace: Optional[str] = None  # pattern=replay: fio iolog v2/v3 or CSV offset,length,op[,time_us]
+    timing: Optional[str] = None  # pattern=replay: asap | original (conf/pattern/replay.yaml)
 
 
 @dataclass
@@ -62,12 +64,19 @@ class PrefetchConf:
 
 
 @dataclass
+class MergeConf:
+    batch: Any = 32  # merge_kb: ops per batch, sorted by offset and merged
+
+
+@dataclass
 class IosweepConfig:
     target: TargetConf = field(default_factory=TargetConf)
     pattern: PatternConf = field(default_factory=PatternConf)
     engine: EngineConf = field(default_factory=EngineConf)
     data: DataConf = field(default_factory=DataConf)
     prefetch: PrefetchConf = field(default_factory=PrefetchConf)
+    merge: MergeConf = field(default_factory=MergeConf)
+    merge_kb: Any = None
     block_kb: Any = 1024
     writers: Any = 1
     iodepth: Any = 1

@@ -26,8 +26,11 @@ def all_choices():
 
 
 @pytest.mark.parametrize("choice", list(all_choices()))
-def test_every_group_option_composes_and_builds_a_spec(choice):
-    cfg = compose_with([choice] + (["pattern=seq_read"] if choice == "target=file" else []))  # it only reads
+def test_every_group_option_composes_and_builds_a_spec(choice, tmp_path):
+    trace = tmp_path / "trace.csv"  # pattern=replay needs a trace to replay
+    trace.write_text("0,4096,read\n")
+    cfg = compose_with([choice] + (["pattern=seq_read"] if choice == "target=file" else [])  # it only reads
+                       + ([f"pattern.trace={trace}"] if choice == "pattern=replay" else []))
     group, name = choice.split("=")
     assert cfg[group].name == name
     spec = app.to_spec(cfg)

@@ -102,9 +102,9 @@ def test_written_files_hold_file_kb_each(tmp_path):
 
 def test_seq_visits_files_in_order_rand_permutes_within_each():
     spec = Spec(pattern="seq_read", block_size=4 * KIB, files_per_writer=3, file_bytes=16 * KIB)
-    seq = [(i, list(o)) for i, o, _ in extent_chunks(spec, 0, [4, 4, 4])]
+    seq = [(i, list(o)) for i, o, _, _ in extent_chunks(spec, 0, [4, 4, 4])]
     assert seq == [(i, [0, 4096, 8192, 12288]) for i in range(3)]
-    rnd = [(i, sorted(o)) for i, o, _ in extent_chunks(Spec(pattern="rand_read", block_size=4 * KIB), 0, [4, 4, 4])]
+    rnd = [(i, sorted(o)) for i, o, _, _ in extent_chunks(Spec(pattern="rand_read", block_size=4 * KIB), 0, [4, 4, 4])]
     assert rnd == seq  # each file in turn, each of its blocks once
 
 

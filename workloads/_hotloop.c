@@ -26,6 +26,10 @@
  *           non-zero (a stop request reaches the worker within one op, not one batch)
  *   deadline CLOCK_MONOTONIC ns after which the loop returns (0: none); checked after every op
  *   err     0, an errno, or -1 for a short transfer of `ret` bytes
+ *   lengths optional, None (every op is `block` bytes: the fast path) or int64 bytes per op: read i
+ *           reads lengths[i] bytes into rbuf (rbuf must hold the largest), write i writes lengths[i]
+ *           <= block bytes of block wi (variable-length ops: trace replay, merged requests)
+ *   stats_* with a 4th element, it counts the bytes the ops moved (the real bytes, whatever their lengths)
  */
 #include "_hotloop.h"
 
@@ -66,18 +70,20 @@ static PyObject *run_ops(PyObject *self, PyObject *args) {
     Py_ssize_t first, count, wi, block, nr = 0, nw = 0;
     long long deadline;
     PyObject *offsets_o, *flags_o, *wbuf_o, *rbuf_o, *hist_r_o, *stats_r_o, *hist_w_o, *stats_w_o, *stop_o;
-    if (!PyArg_ParseTuple(args, "iiOnnOOnOnOOOOpOL", &fd, &mode, &offsets_o, &first, &count, &flags_o, &wbuf_o,
+    PyObject *lengths_o = Py_None;
+    if (!PyArg_ParseTuple(args, "iiOnnOOnOnOOOOpOL|O", &fd, &mode, &offsets_o, &first, &count, &flags_o, &wbuf_o,
                           &wi, &rbuf_o, &block, &hist_r_o, &stats_r_o, &hist_w_o, &stats_w_o, &timed, &stop_o,
-                          &deadline))
+                          &deadline, &lengths_o))
         return NULL;
 
-    Py_buffer offsets, flags, wbuf, rbuf, hist_r, stats_r, hist_w, stats_w, stop;
-    offsets.obj = flags.obj = wbuf.obj = rbuf.obj = stop.obj = NULL;
+    Py_buffer offsets, flags, wbuf, rbuf, hist_r, stats_r, hist_w, stats_w, stop, lengths;
+    offsets.obj = flags.obj = wbuf.obj = rbuf.obj = stop.obj = lengths.obj = NULL;
     hist_r.obj = stats_r.obj = hist_w.obj = stats_w.obj = NULL;
     PyObject *result = NULL;
     if (get_buffer(offsets_o, &offsets, 0) || get_buffer(flags_o, &flags, 0) || get_buffer(wbuf_o, &wbuf, 0) ||
         get_buffer(rbuf_o, &rbuf, 1) || get_buffer(hist_r_o, &hist_r, 1) || get_buffer(stats_r_o, &stats_r, 1) ||
-        get_buffer(hist_w_o, &hist_w, 1) || get_buffer(stats_w_o, &stats_w, 1) || get_buffer(stop_o, &stop, 0))
+        get_buffer(hist_w_o, &hist_w, 1) || get_buffer(stats_w_o, &stats_w, 1) || get_buffer(stop_o, &stop, 0) ||
+        get_buffer(lengths_o, &lengths, 0))
         goto out;
     if (block <= 0 || first < 0 || count < 0 || (first + count) * (Py_ssize_t)sizeof(int64_t) > offsets.len ||
         (flags.obj && first + count > flags.len) || (rbuf.obj && rbuf.len < block) ||
@@ -86,6 +92,7 @@ static PyObject *run_ops(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "run_ops: buffers do not match the requested ops");
         goto out;
     }
+    if (check_lengths(&lengths, first, count, flags.buf, rbuf.obj != NULL, rbuf.len, block, "run_ops")) goto out;
 
     const int64_t *offs = (const int64_t *)offsets.buf;
     const uint8_t *is_read = (const uint8_t *)flags.buf;
@@ -93,6 +100,9 @@ static PyObject *run_ops(PyObject *self, PyObject *args) {
     Py_ssize_t wper = wbuf.len / block;
     int64_t *hr = (int64_t *)hist_r.buf, *hw = (int64_t *)hist_w.buf;
     int64_t *sr = (int64_t *)stats_r.buf, *sw = (int64_t *)stats_w.buf;
+    const int64_t *lens = (const int64_t *)lengths.buf;
+    int64_t *bytes_r = stats_r.len >= 4 * (Py_ssize_t)sizeof(int64_t) ? sr + 3 : NULL;
+    int64_t *bytes_w = stats_w.len >= 4 * (Py_ssize_t)sizeof(int64_t) ? sw + 3 : NULL;
     int all_reads = rbuf.obj != NULL && is_read == NULL;
     volatile const char *stop_flag = (volatile const char *)stop.buf;
     Py_ssize_t done = 0;
@@ -109,23 +119,26 @@ static PyObject *run_ops(PyObject *self, PyObject *args) {
         Py_ssize_t i = first + done;
         int read = is_read ? is_read[i] : all_reads;
         if (!read && wi >= wper) break;
+        ssize_t len = lens ? (ssize_t)lens[i] : block;
         uint64_t t0 = timed ? ticks() : 0;
         if (mode == 1)
-            ret = block;
+            ret = len;
         else if (read)
-            ret = pread(fd, rbuf.buf, (size_t)block, (off_t)offs[i]);
+            ret = pread(fd, rbuf.buf, (size_t)len, (off_t)offs[i]);
         else
-            ret = pwrite(fd, wbase + wi * block, (size_t)block, (off_t)offs[i]);
+            ret = pwrite(fd, wbase + wi * block, (size_t)len, (off_t)offs[i]);
         uint64_t t1 = timed ? ticks() : 0;
-        if (ret != block) {
+        if (ret != len) {
             err = ret < 0 ? errno : -1;
             break;
         }
         if (read) {
             if (timed) record(hr, sr, ticks_to_ns(t1 - t0));
+            if (bytes_r) *bytes_r += len;
             nr++;
         } else {
             if (timed) record(hw, sw, ticks_to_ns(t1 - t0));
+            if (bytes_w) *bytes_w += len;
             nw++;
             wi++;
         }
@@ -151,6 +164,7 @@ out:
     put_buffer(&hist_w);
     put_buffer(&stats_w);
     put_buffer(&stop);
+    put_buffer(&lengths);
     return result;
 }
 

@@ -69,6 +69,28 @@ static inline void put_buffer(Py_buffer *view) {
     if (view->obj != NULL) PyBuffer_Release(view);
 }
 
+/* Variable-length ops (`lengths`, int64 per op, or no buffer): every op of first .. first+count-1 must
+ * move > 0 bytes, a read at most `rmax` (its buffer), a write at most `block` (a block of the write
+ * chunk). 0, or -1 with a ValueError set. */
+static inline int check_lengths(const Py_buffer *lengths, Py_ssize_t first, Py_ssize_t count, const void *flags,
+                                int all_reads, Py_ssize_t rmax, Py_ssize_t block, const char *who) {
+    if (lengths->obj == NULL) return 0;
+    if ((first + count) * (Py_ssize_t)sizeof(int64_t) > lengths->len) {
+        PyErr_Format(PyExc_ValueError, "%s: lengths do not match the requested ops", who);
+        return -1;
+    }
+    const int64_t *lens = (const int64_t *)lengths->buf;
+    const uint8_t *is_read = (const uint8_t *)flags;
+    for (Py_ssize_t i = first; i < first + count; i++) {
+        int read = is_read ? is_read[i] : all_reads;
+        if (lens[i] <= 0 || lens[i] > (read ? rmax : block)) {
+            PyErr_Format(PyExc_ValueError, "%s: op %zd has length %lld: must be 1 .. %zd bytes", who, i,
+                         (long long)lens[i], read ? rmax : block);
+            return -1;
+        }
+    }
+    return 0;
+}
 
 /* the issue functions (see each file's head comment) */
 PyObject *uring_open(PyObject *self, PyObject *args);

@@ -1,7 +1,8 @@
 /* engine=mmap: each op is a memory access to a MAP_SHARED mapping of the file.
  *
  * mmap_ops(map, map_off, touch, offsets, first, count, flags, wbuf, wi, rbuf, block,
- *          hist_r, stats_r, hist_w, stats_w, faults, timed, stop, deadline) -> (done, wi, nr, nw, err, ret)
+ *          hist_r, stats_r, hist_w, stats_w, faults, timed, stop, deadline[, lengths]) -> (done, wi, nr, nw, err, ret)
+ *   lengths: as run_ops' (None: every op is block bytes); a 4th element of stats_* counts the bytes.
  *   The engine=mmap issue function: the same contract as run_ops, but each op is a memory access
  *   to `map` (a buffer over a MAP_SHARED mapping of the file starting at file offset `map_off`):
  *   a read memcpy's the block into rbuf, or with touch=1 reads one byte per 4 KiB page of it; a
@@ -55,21 +56,22 @@ PyObject *mmap_ops(PyObject *self, PyObject *args) {
     long long map_off, deadline;
     Py_ssize_t first, count, wi_in, block;
     PyObject *map_o, *offsets_o, *flags_o, *wbuf_o, *rbuf_o, *hist_r_o, *stats_r_o, *hist_w_o, *stats_w_o, *faults_o;
-    PyObject *stop_o;
-    if (!PyArg_ParseTuple(args, "OLpOnnOOnOnOOOOOpOL", &map_o, &map_off, &touch, &offsets_o, &first, &count, &flags_o,
-                          &wbuf_o, &wi_in, &rbuf_o, &block, &hist_r_o, &stats_r_o, &hist_w_o, &stats_w_o, &faults_o,
-                          &timed, &stop_o, &deadline))
+    PyObject *stop_o, *lengths_o = Py_None;
+    if (!PyArg_ParseTuple(args, "OLpOnnOOnOnOOOOOpOL|O", &map_o, &map_off, &touch, &offsets_o, &first, &count,
+                          &flags_o, &wbuf_o, &wi_in, &rbuf_o, &block, &hist_r_o, &stats_r_o, &hist_w_o, &stats_w_o,
+                          &faults_o, &timed, &stop_o, &deadline, &lengths_o))
         return NULL;
 
-    Py_buffer map, offsets, flags, wbuf, rbuf, hist_r, stats_r, hist_w, stats_w, faults, stop;
-    map.obj = offsets.obj = flags.obj = wbuf.obj = rbuf.obj = stop.obj = faults.obj = NULL;
+    Py_buffer map, offsets, flags, wbuf, rbuf, hist_r, stats_r, hist_w, stats_w, faults, stop, lengths;
+    map.obj = offsets.obj = flags.obj = wbuf.obj = rbuf.obj = stop.obj = faults.obj = lengths.obj = NULL;
     hist_r.obj = stats_r.obj = hist_w.obj = stats_w.obj = NULL;
     PyObject *result = NULL;
     /* the mapping is writable only when the pattern writes (wbuf given) */
     if (get_buffer(map_o, &map, wbuf_o != Py_None) || get_buffer(offsets_o, &offsets, 0) ||
         get_buffer(flags_o, &flags, 0) || get_buffer(wbuf_o, &wbuf, 0) || get_buffer(rbuf_o, &rbuf, 1) ||
         get_buffer(hist_r_o, &hist_r, 1) || get_buffer(stats_r_o, &stats_r, 1) || get_buffer(hist_w_o, &hist_w, 1) ||
-        get_buffer(stats_w_o, &stats_w, 1) || get_buffer(faults_o, &faults, 1) || get_buffer(stop_o, &stop, 0))
+        get_buffer(stats_w_o, &stats_w, 1) || get_buffer(faults_o, &faults, 1) || get_buffer(stop_o, &stop, 0) ||
+        get_buffer(lengths_o, &lengths, 0))
         goto out;
     if (map.obj == NULL || faults.len < 2 * (Py_ssize_t)sizeof(int64_t) || block <= 0 || first < 0 || count < 0 ||
         (first + count) * (Py_ssize_t)sizeof(int64_t) > offsets.len || (flags.obj && first + count > flags.len) ||
@@ -79,6 +81,7 @@ PyObject *mmap_ops(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "mmap_ops: buffers do not match the requested ops");
         goto out;
     }
+    if (check_lengths(&lengths, first, count, flags.buf, rbuf.obj != NULL, rbuf.len, block, "mmap_ops")) goto out;
     if (install_sigbus() != 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         goto out;
@@ -93,6 +96,9 @@ PyObject *mmap_ops(PyObject *self, PyObject *args) {
     Py_ssize_t wper = wbuf.len / block;
     int64_t *hr = (int64_t *)hist_r.buf, *hw = (int64_t *)hist_w.buf;
     int64_t *sr = (int64_t *)stats_r.buf, *sw = (int64_t *)stats_w.buf;
+    const int64_t *lens = (const int64_t *)lengths.buf;
+    int64_t *bytes_r = stats_r.len >= 4 * (Py_ssize_t)sizeof(int64_t) ? sr + 3 : NULL;
+    int64_t *bytes_w = stats_w.len >= 4 * (Py_ssize_t)sizeof(int64_t) ? sw + 3 : NULL;
     int all_reads = rbuf.obj != NULL && is_read == NULL;
     volatile const char *stop_flag = (volatile const char *)stop.buf;
     /* volatile: they must hold their values across a siglongjmp from the SIGBUS handler */
@@ -115,7 +121,8 @@ PyObject *mmap_ops(PyObject *self, PyObject *args) {
             int read = is_read ? is_read[i] : all_reads;
             if (!read && wi >= wper) break;
             int64_t at = offs[i] - map_off;
-            if (at < 0 || at + block > mlen) {
+            Py_ssize_t len = lens ? (Py_ssize_t)lens[i] : block;
+            if (at < 0 || at + len > mlen) {
                 err = EINVAL;
                 break;
             }
@@ -123,21 +130,23 @@ PyObject *mmap_ops(PyObject *self, PyObject *args) {
             uint64_t t0 = timed ? ticks() : 0;
             bus_armed = 1;
             if (!read) {
-                memcpy(p, wbase + wi * block, (size_t)block);
+                memcpy(p, wbase + wi * block, (size_t)len);
             } else if (touch) {
                 unsigned char acc = 0;
-                for (Py_ssize_t k = 0; k < block; k += PAGE) acc ^= ((volatile const unsigned char *)p)[k];
+                for (Py_ssize_t k = 0; k < len; k += PAGE) acc ^= ((volatile const unsigned char *)p)[k];
                 touch_sink = acc;
             } else {
-                memcpy(rdst, p, (size_t)block);
+                memcpy(rdst, p, (size_t)len);
             }
             bus_armed = 0;
             uint64_t t1 = timed ? ticks() : 0;
             if (read) {
                 if (timed) record(hr, sr, ticks_to_ns(t1 - t0));
+                if (bytes_r) *bytes_r += len;
                 nr++;
             } else {
                 if (timed) record(hw, sw, ticks_to_ns(t1 - t0));
+                if (bytes_w) *bytes_w += len;
                 nw++;
                 wi++;
             }
@@ -171,5 +180,6 @@ out:
     put_buffer(&stats_w);
     put_buffer(&faults);
     put_buffer(&stop);
+    put_buffer(&lengths);
     return result;
 }

@@ -1,10 +1,12 @@
 /* engine=uring: io_uring through raw syscalls (as fio's engines/io_uring.c; no liburing).
  *
- * uring_open(fd, depth, block, rbuf, fixed_files, fixed_bufs, sqpoll, batch_submit, batch_complete) -> ring
- *   A ring of `depth` slots per worker (a capsule). Slot s reads into rbuf[s*block:(s+1)*block]
- *   (rbuf: None when the pattern never reads); writes reference blocks of the caller's write chunk.
+ * uring_open(fd, depth, block, rbuf, fixed_files, fixed_bufs, sqpoll, batch_submit, batch_complete[, slot]) -> ring
+ *   A ring of `depth` slots per worker (a capsule). Slot s reads into rbuf[s*slot:(s+1)*slot] (slot:
+ *   the largest read, block unless given; rbuf: None when the pattern never reads); writes reference
+ *   blocks of the caller's write chunk.
  * uring_ops(ring, offsets, first, count, flags, wbuf, wi, hist_r, stats_r, hist_w, stats_w, timed, stop,
- *           deadline) -> (done, wi, nr, nw, err, ret)
+ *           deadline[, lengths]) -> (done, wi, nr, nw, err, ret)
+ *   lengths: as run_ops' (None: every op is block bytes); a 4th element of stats_* counts the bytes.
  *   run_ops' contract with up to `depth` ops in flight, kept in flight ACROSS calls (draining at every
  *   group would cost several % at depth 32). done = ops submitted; nr / nw = ops completed. Returns
  *   with no write in flight when the chunk is used up (wi == its end: the caller refills it), and with
@@ -37,7 +39,7 @@
 #define MAX_WCHUNKS 8             /* write chunks registered with fixed_bufs (a worker cycles through 4) */
 
 struct uring {
-    int ring_fd, fd, depth, block, batch_submit, batch_complete, fixed_files, fixed_bufs, sqpoll;
+    int ring_fd, fd, depth, block, slot, batch_submit, batch_complete, fixed_files, fixed_bufs, sqpoll;
     unsigned *sq_head, *sq_tail, *sq_mask, *sq_flags, *sq_array, *cq_head, *cq_tail, *cq_mask;
     struct io_uring_sqe *sqes;
     struct io_uring_cqe *cqes;
@@ -47,6 +49,8 @@ struct uring {
     Py_buffer rbuf;         /* holds the read buffer's export while the ring lives */
     uint64_t *t_submit;     /* per slot: the tick it was submitted */
     uint8_t *is_write;      /* per slot */
+    int64_t *want;          /* per slot: the bytes its op asked for (a shorter completion is a short I/O) */
+    int count_r, count_w;   /* this call's stats_r / stats_w have a 4th element: the bytes moved */
     int *free_slots, n_free, inflight, inflight_w;
     int rpieces, slots_per_piece;             /* fixed_bufs: rbuf registered in pieces of <= 1 GiB */
     const char *wchunks[MAX_WCHUNKS];          /* fixed_bufs: registered write chunks, after the pieces */
@@ -123,8 +127,8 @@ static int register_buffers(struct uring *r) {
     int n = 0;
     if (r->rbuf.obj) {
         for (int i = 0; i < r->rpieces; i++) {
-            Py_ssize_t off = (Py_ssize_t)i * r->slots_per_piece * r->block;
-            Py_ssize_t len = (Py_ssize_t)r->slots_per_piece * r->block;
+            Py_ssize_t off = (Py_ssize_t)i * r->slots_per_piece * r->slot;
+            Py_ssize_t len = (Py_ssize_t)r->slots_per_piece * r->slot;
             if (off + len > r->rbuf.len) len = r->rbuf.len - off;
             iov[n].iov_base = (char *)r->rbuf.buf + off;
             iov[n++].iov_len = (size_t)len;
@@ -161,11 +165,12 @@ static struct uring *get_ring(PyObject *cap) {
 }
 
 PyObject *uring_open(PyObject *self, PyObject *args) {
-    int fd, depth, block, fixed_files, fixed_bufs, sqpoll, batch_submit, batch_complete;
+    int fd, depth, block, fixed_files, fixed_bufs, sqpoll, batch_submit, batch_complete, slot = 0;
     PyObject *rbuf_o;
-    if (!PyArg_ParseTuple(args, "iiiOpppii", &fd, &depth, &block, &rbuf_o, &fixed_files, &fixed_bufs, &sqpoll,
-                          &batch_submit, &batch_complete))
+    if (!PyArg_ParseTuple(args, "iiiOpppii|i", &fd, &depth, &block, &rbuf_o, &fixed_files, &fixed_bufs, &sqpoll,
+                          &batch_submit, &batch_complete, &slot))
         return NULL;
+    if (slot <= 0) slot = block;
     if (depth < 1 || block < 1 || batch_submit < 1 || batch_complete < 1 || batch_submit > depth ||
         batch_complete > depth) {
         PyErr_SetString(PyExc_ValueError, "uring_open: depth, block and batches must be 1 .. depth");
@@ -177,6 +182,7 @@ PyObject *uring_open(PyObject *self, PyObject *args) {
     r->fd = fd;
     r->depth = depth;
     r->block = block;
+    r->slot = slot;
     r->batch_submit = batch_submit;
     r->batch_complete = batch_complete;
     r->fixed_files = fixed_files;
@@ -186,23 +192,24 @@ PyObject *uring_open(PyObject *self, PyObject *args) {
         free(r);
         return NULL;
     }
-    if (r->rbuf.obj && r->rbuf.len < (Py_ssize_t)depth * block) {
+    if (r->rbuf.obj && r->rbuf.len < (Py_ssize_t)depth * slot) {
         put_buffer(&r->rbuf);
         free(r);
-        PyErr_SetString(PyExc_ValueError, "uring_open: the read buffer must hold depth x block bytes");
+        PyErr_SetString(PyExc_ValueError, "uring_open: the read buffer must hold depth x slot bytes");
         return NULL;
     }
     r->t_submit = calloc((size_t)depth, sizeof *r->t_submit);
     r->is_write = calloc((size_t)depth, 1);
     r->free_slots = calloc((size_t)depth, sizeof *r->free_slots);
-    if (!r->t_submit || !r->is_write || !r->free_slots) {
+    r->want = calloc((size_t)depth, sizeof *r->want);
+    if (!r->t_submit || !r->is_write || !r->free_slots || !r->want) {
         ring_free(r);
         free(r);
         return PyErr_NoMemory();
     }
     for (int s = 0; s < depth; s++) r->free_slots[s] = depth - 1 - s; /* slot 0 is used first */
     r->n_free = depth;
-    r->slots_per_piece = block >= MAX_REG_BYTES ? 1 : (int)(MAX_REG_BYTES / block);
+    r->slots_per_piece = slot >= MAX_REG_BYTES ? 1 : (int)(MAX_REG_BYTES / slot);
     if (r->slots_per_piece > depth) r->slots_per_piece = depth;
     r->rpieces = (depth + r->slots_per_piece - 1) / r->slots_per_piece;
 
@@ -218,7 +225,7 @@ PyObject *uring_open(PyObject *self, PyObject *args) {
     }
     if (fixed_bufs) {
         step = "io_uring_register(BUFFERS)";
-        if (block > MAX_REG_BYTES || r->rpieces > 4096) {
+        if (slot > MAX_REG_BYTES || r->rpieces > 4096) {
             errno = EINVAL;
             goto fail;
         }
@@ -286,7 +293,7 @@ static int reap(struct uring *r, int min_complete, int timed, int64_t *hr, int64
         r->free_slots[r->n_free++] = s;
         r->inflight--;
         if (w) r->inflight_w--;
-        if (res != r->block) {
+        if (res != r->want[s]) {
             if (*err == 0) {
                 *err = res < 0 ? -res : -1;
                 *ret = res < 0 ? -1 : res;
@@ -295,9 +302,11 @@ static int reap(struct uring *r, int min_complete, int timed, int64_t *hr, int64
         }
         if (w) {
             if (timed) record(hw, sw, ticks_to_ns(t - r->t_submit[s]));
+            if (r->count_w) sw[3] += res;
             (*nw)++;
         } else {
             if (timed) record(hr, sr, ticks_to_ns(t - r->t_submit[s]));
+            if (r->count_r) sr[3] += res;
             (*nr)++;
         }
     }
@@ -325,7 +334,7 @@ static int wchunk_register(struct uring *r, const char *wbase, Py_ssize_t len) {
     return (r->rbuf.obj ? r->rpieces : 0) + r->n_wchunks - 1;
 }
 
-static void prep(struct uring *r, int slot, int write, char *addr, int64_t off, int buf_index) {
+static void prep(struct uring *r, int slot, int write, char *addr, int64_t off, int64_t len, int buf_index) {
     struct io_uring_sqe *sqe = &r->sqes[r->sq_local_tail & *r->sq_mask];
     memset(sqe, 0, sizeof *sqe);
     if (buf_index >= 0) {
@@ -341,7 +350,8 @@ static void prep(struct uring *r, int slot, int write, char *addr, int64_t off, 
         sqe->fd = r->fd;
     }
     sqe->addr = (uint64_t)(uintptr_t)addr;
-    sqe->len = (unsigned)r->block;
+    sqe->len = (unsigned)len;
+    r->want[slot] = len;
     sqe->off = (uint64_t)off;
     sqe->user_data = (uint64_t)slot;
     r->sq_local_tail++;
@@ -355,18 +365,19 @@ PyObject *uring_ops(PyObject *self, PyObject *args) {
     Py_ssize_t first, count, wi, nr = 0, nw = 0;
     long long deadline;
     PyObject *ring_o, *offsets_o, *flags_o, *wbuf_o, *hist_r_o, *stats_r_o, *hist_w_o, *stats_w_o, *stop_o;
-    if (!PyArg_ParseTuple(args, "OOnnOOnOOOOpOL", &ring_o, &offsets_o, &first, &count, &flags_o, &wbuf_o, &wi,
-                          &hist_r_o, &stats_r_o, &hist_w_o, &stats_w_o, &timed, &stop_o, &deadline))
+    PyObject *lengths_o = Py_None;
+    if (!PyArg_ParseTuple(args, "OOnnOOnOOOOpOL|O", &ring_o, &offsets_o, &first, &count, &flags_o, &wbuf_o, &wi,
+                          &hist_r_o, &stats_r_o, &hist_w_o, &stats_w_o, &timed, &stop_o, &deadline, &lengths_o))
         return NULL;
     struct uring *r = get_ring(ring_o);
     if (!r) return NULL;
-    Py_buffer offsets, flags, wbuf, hist_r, stats_r, hist_w, stats_w, stop;
-    offsets.obj = flags.obj = wbuf.obj = stop.obj = NULL;
+    Py_buffer offsets, flags, wbuf, hist_r, stats_r, hist_w, stats_w, stop, lengths;
+    offsets.obj = flags.obj = wbuf.obj = stop.obj = lengths.obj = NULL;
     hist_r.obj = stats_r.obj = hist_w.obj = stats_w.obj = NULL;
     PyObject *result = NULL;
     if (get_buffer(offsets_o, &offsets, 0) || get_buffer(flags_o, &flags, 0) || get_buffer(wbuf_o, &wbuf, 0) ||
         get_buffer(hist_r_o, &hist_r, 1) || get_buffer(stats_r_o, &stats_r, 1) || get_buffer(hist_w_o, &hist_w, 1) ||
-        get_buffer(stats_w_o, &stats_w, 1) || get_buffer(stop_o, &stop, 0))
+        get_buffer(stats_w_o, &stats_w, 1) || get_buffer(stop_o, &stop, 0) || get_buffer(lengths_o, &lengths, 0))
         goto out;
     if (first < 0 || count < 0 || (first + count) * (Py_ssize_t)sizeof(int64_t) > offsets.len ||
         (flags.obj && first + count > flags.len) || hist_r.len != N_BUCKETS * (Py_ssize_t)sizeof(int64_t) ||
@@ -375,6 +386,11 @@ PyObject *uring_ops(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "uring_ops: buffers do not match the requested ops");
         goto out;
     }
+    if (check_lengths(&lengths, first, count, flags.buf, r->rbuf.obj != NULL, r->slot, r->block, "uring_ops"))
+        goto out;
+    const int64_t *lens = (const int64_t *)lengths.buf;
+    r->count_r = stats_r.len >= 4 * (Py_ssize_t)sizeof(int64_t);
+    r->count_w = stats_w.len >= 4 * (Py_ssize_t)sizeof(int64_t);
     const int64_t *offs = (const int64_t *)offsets.buf;
     const uint8_t *is_read = (const uint8_t *)flags.buf;
     char *wbase = (char *)wbuf.buf;
@@ -420,13 +436,13 @@ PyObject *uring_ops(PyObject *self, PyObject *args) {
             int buf_index = -1;
             char *addr;
             if (read) {
-                addr = (char *)r->rbuf.buf + (Py_ssize_t)slot * r->block;
+                addr = (char *)r->rbuf.buf + (Py_ssize_t)slot * r->slot;
                 if (r->fixed_bufs) buf_index = slot / r->slots_per_piece;
             } else {
                 addr = wbase + wi * r->block;
                 buf_index = wfixed;
             }
-            prep(r, slot, !read, addr, offs[i], buf_index);
+            prep(r, slot, !read, addr, offs[i], lens ? lens[i] : r->block, buf_index);
             done++;
             if (!read) wi++;
             if (++queued == r->batch_submit) {
@@ -475,6 +491,7 @@ out:
     put_buffer(&hist_w);
     put_buffer(&stats_w);
     put_buffer(&stop);
+    put_buffer(&lengths);
     return result;
 }
 
@@ -498,6 +515,8 @@ PyObject *uring_drain(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "uring_drain: histograms do not match");
         goto out;
     }
+    r->count_r = stats_r.len >= 4 * (Py_ssize_t)sizeof(int64_t);
+    r->count_w = stats_w.len >= 4 * (Py_ssize_t)sizeof(int64_t);
     Py_BEGIN_ALLOW_THREADS
     while (r->inflight > 0 && !sysret)
         sysret = reap(r, r->inflight, timed, (int64_t *)hist_r.buf, (int64_t *)stats_r.buf, (int64_t *)hist_w.buf,
@@ -515,7 +534,8 @@ out:
 /* Wait for what is in flight (the kernel still writes into the read buffer), then let go of everything. */
 static void ring_free(struct uring *r) {
     if (r->ring_fd >= 0) {
-        int64_t h[N_BUCKETS], s[3];
+        int64_t h[N_BUCKETS], s[4];
+        r->count_r = r->count_w = 0;
         Py_ssize_t nr = 0, nw = 0;
         int err = 0;
         ssize_t ret = 0;
@@ -529,6 +549,8 @@ static void ring_free(struct uring *r) {
     free(r->t_submit);
     free(r->is_write);
     free(r->free_slots);
+    free(r->want);
+    r->want = NULL;
     r->t_submit = NULL;
     r->is_write = NULL;
     r->free_slots = NULL;

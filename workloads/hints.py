@@ -69,6 +69,15 @@ def check(spec) -> None:
         raise ConfigError("hint", spec.hint, "engine=fio cannot express it (fio's fadvise_hint takes only "
                                              "0|1|sequential|random): choose hint=normal, sequential or random, "
                                              "or engine=sync")
+    for key, value, on in (("hint", spec.hint, spec.hint != "none"),
+                           ("prefetch.blocks", spec.prefetch_blocks, spec.prefetch_blocks > 0)):
+        if on and spec.pattern in ("metadata", "format_read"):
+            raise ConfigError(key, value, f"advises block reads, and pattern={spec.pattern} issues none: "
+                                          f"{'hint=none' if key == 'hint' else 'prefetch.blocks=0'}")
+    if spec.prefetch_blocks and (spec.pattern == "replay" or spec.merge_kb is not None):
+        raise ConfigError("prefetch.blocks", spec.prefetch_blocks, "follows runs of block_kb reads, and "
+                                                                   f"{'pattern=replay' if spec.pattern == 'replay' else 'merge_kb'}"
+                                                                   " issues reads of other lengths: set prefetch.blocks=0")
     if spec.engine == "fio" and spec.prefetch_blocks:
         raise ConfigError("prefetch.blocks", spec.prefetch_blocks, "engine=fio has no application prefetch: "
                                                                    "set prefetch.blocks=0 or use engine=sync")
@@ -188,7 +197,8 @@ class Prefetching:
     def __getattr__(self, name):  # fd, base, length, map, drain, flush, close...: the wrapped issuer's
         return getattr(self.inner, name)
 
-    def run(self, offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline):
+    def run(self, offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline, lengths=None):
+        # lengths is always None: prefetch is refused where ops vary in length (hints.check)
         done_all = n_r_all = n_w_all = 0
         err = ret = 0
         pos, end = first, first + count

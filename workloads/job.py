@@ -21,6 +21,10 @@ def checked(spec: Spec) -> Spec:
     """The spec as it will run, checked against its target and engine; ConfigError before any I/O.
     A caller may check first to say nothing about a point that cannot run."""
     spec.check()
+    if spec.pattern == "replay":  # the trace sets the block: its largest op (read buffer, write blocks)
+        from .replay import resolve as replay_resolve
+
+        spec = replay_resolve(spec).check()
     resolve = getattr(targets.get(spec.target), "resolve", None)
     if resolve is not None:  # the target fixes what the spec leaves to it (target=file: the files' size)
         spec = resolve(spec).check()

@@ -137,8 +137,8 @@ def combine(results: list["Result"]) -> "Result":
         out.lat_write.merge(r.lat_write)
         out.cpu_s += r.cpu_s
         out.datagen_wait_s += r.datagen_wait_s
-        for k, v in r.counters.items():
-            out.counters[k] = out.counters.get(k, 0.0) + v
+        for k, v in r.counters.items():  # a maximum (`*_max_us`) is the largest, the rest add up
+            out.counters[k] = max(out.counters.get(k, 0.0), v) if k.endswith("_max_us") else out.counters.get(k, 0.0) + v
         for name, p in r.metadata.items():  # pattern=metadata: ops and windows add, histograms merge
             mine = out.metadata.setdefault(name, {"ops": 0, "seconds": 0.0, "hist": LatencyHistogram()})
             mine["ops"] += p["ops"]
@@ -230,6 +230,10 @@ class Result:
         if "file_bytes" in self.info:  # pattern=format_read: the table files' size on disk
             m["file_mib"] = self.info["file_bytes"] / MIB
         m.update(self.metadata_metrics())
+        if "ops_requested" in self.counters and el > 0:  # merge_kb: the pattern's requests served per second
+            m["requested_iops"] = self.counters["ops_requested"] / el
+        if "replay_late_total_us" in self.counters and total_ops:  # pattern.timing=original
+            m["replay_late_mean_us"] = self.counters["replay_late_total_us"] / total_ops
         if self.device_read_bytes is not None:
             m["device_read_bytes"] = float(self.device_read_bytes)
             m["device_write_bytes"] = float(self.device_write_bytes)

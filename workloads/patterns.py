@@ -25,15 +25,23 @@ def op_chunks(spec: Spec, worker: int) -> Iterator[tuple[np.ndarray, np.ndarray 
 
     Size-based runs yield one pass over the file; time-based runs (duration_s) never end.
     """
-    for _, offsets, flags in extent_chunks(spec, worker, [spec.file_size // spec.block_size]):
+    for _, offsets, flags, _ in extent_chunks(spec, worker, [spec.file_size // spec.block_size]):
         yield offsets, flags
 
 
-def extent_chunks(spec: Spec, worker: int, extents: list[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
-    """Yield (extent index, byte offsets within that extent, is_read flags or None) over a worker's
-    extents (sizes in blocks) one after another: a pass visits each extent in turn, in the pattern's
-    order within it. One extent is op_chunks; several are target=file over several files.
+def extent_chunks(spec: Spec, worker: int, extents: list[int]) \
+        -> Iterator[tuple[int, np.ndarray, np.ndarray | None, np.ndarray | None]]:
+    """Yield (extent index, byte offsets within that extent, is_read flags or None, lengths or None)
+    over a worker's extents (sizes in blocks) one after another: a pass visits each extent in turn, in
+    the pattern's order within it. One extent is op_chunks; several are target=file over several files.
+    lengths: None when every op is block_size bytes (every pattern but replay), else int64 bytes per op.
     """
+    if spec.pattern == "replay":  # the trace's ops, in its order, once (writers=1: one extent)
+        from .replay import chunks
+
+        for offsets, flags, lengths in chunks(spec, CHUNK_OPS):
+            yield 0, offsets, flags, lengths
+        return
     rng = worker_rng(spec, worker)
     mix_rng = worker_rng(spec, worker, stream=1)
     while True:
@@ -49,6 +57,6 @@ def extent_chunks(spec: Spec, worker: int, extents: list[int]) -> Iterator[tuple
                 flags = None
                 if spec.pattern == "mixed":
                     flags = mix_rng.random(len(offsets)) < spec.read_pct / 100.0
-                yield index, offsets, flags
+                yield index, offsets, flags, None
         if spec.duration_s is None:
             return

@@ -74,22 +74,29 @@ def _worker_main(spec, worker, extents, direct, shared, go, out, parent):
         if spec.metadata:  # mdtest's phases in the worker's own directory (extents: [(dir, 0, 0)])
             result = metadata_loop(spec, worker, extents[0][0], wait_start, shared.ops_done, shared.stop,
                                    shared.phase_done)
+        elif spec.pattern == FORMAT_READ:  # numpy/pyarrow loads of the worker's table file
+            result = format_loop(spec, worker, None, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
+                                 extents=extents)
         else:
-            loop = format_loop if spec.pattern == FORMAT_READ else worker_loop  # format_read: numpy/pyarrow loads
-            result = loop(spec, worker, None, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
-                          extents=extents)
+            result = worker_loop(spec, worker, None, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
+                                 extents=extents, bytes_done=shared.bytes_done)
         result["error"] = None
     except Aborted:
         result["aborted"] = True
     except OSError as e:
         result["error"] = {"errno": e.errno, "message": e.strerror or str(e),
-                           "bytes_done": shared.ops_done[worker] * spec.block_size}
+                           "bytes_done": _bytes_done(spec, shared, worker)}
     except BaseException as e:  # a bug: report it with its type, the parent raises it
         result["error"] = {"errno": None, "message": f"{type(e).__name__}: {e}",
-                           "bytes_done": shared.ops_done[worker] * spec.block_size}
+                           "bytes_done": _bytes_done(spec, shared, worker)}
     finally:
         out.send(result)
         out.close()
+
+
+def _bytes_done(spec: Spec, shared, worker: int) -> int:
+    """A worker's bytes so far: published when ops vary in length, else its ops x block_size."""
+    return shared.bytes_done[worker] if spec.variable_lengths else shared.ops_done[worker] * spec.block_size
 
 
 class _Shared:
@@ -101,6 +108,7 @@ class _Shared:
 
     def __init__(self, ctx, n: int):
         self.prepared, self.ops_done, self.starts = ctx.RawArray("b", n), ctx.RawArray("q", n), ctx.RawArray("q", n)
+        self.bytes_done = ctx.RawArray("q", n)  # ops vary in length (replay, merging): bytes are counted, not derived
         self.stop = ctx.RawValue("b", 0)
         self.phase_done = ctx.RawArray("q", n)  # pattern=metadata: phases each worker finished (the barrier)
         self.go_wait, self.go = ctx.Pipe(duplex=False)  # closing `go` starts every worker at once
@@ -135,7 +143,8 @@ def run_workers(spec: Spec, placement, progress) -> Result:
              for w in range(n)]
     conns = [reader for reader, _ in shared.results]
     got: dict[int, dict] = {}
-    sampler = Sampler(spec, shared.ops_done, shared.starts, progress, placement.device)
+    sampler = Sampler(spec, shared.ops_done, shared.starts, progress, placement.device,
+                      shared.bytes_done if spec.variable_lengths else None)
     watch = _Watch(spec, procs, shared)
     dev0 = dev1 = None
     try:
@@ -330,8 +339,7 @@ def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> R
     t_end = max(o["t_end"] for o in outs)
     return Result(
         elapsed_s=(t_end - t_measure) / 1e9,
-        bytes_read=sum(o.get("bytes_r", o["ops_r"] * spec.block_size) for o in outs),  # format_read: file bytes
-        bytes_written=ops_w * spec.block_size,
+        bytes_read=sum(o["bytes_r"] for o in outs), bytes_written=sum(o.get("bytes_w", 0) for o in outs),
         ops_read=ops_r, ops_written=ops_w, lat_read=hist_r, lat_write=hist_w,
         io_mode=placement.io_mode, cpu_s=sum(o["cpu_s"] for o in outs),
         datagen_wait_s=sum(o["datagen_wait_ns"] for o in outs) / 1e9,
@@ -343,9 +351,9 @@ def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> R
 
 
 def merge_counters(per_worker: list[dict]) -> dict[str, float]:
-    """Engine counters (page faults, ...) add up across workers."""
+    """Engine counters (page faults, ...) add up across workers; a maximum (`*_max_us`) is the largest."""
     out: dict[str, float] = {}
     for c in per_worker:
         for k, v in c.items():
-            out[k] = out.get(k, 0.0) + float(v)
+            out[k] = max(out.get(k, 0.0), float(v)) if k.endswith("_max_us") else out.get(k, 0.0) + float(v)
     return out

@@ -29,12 +29,13 @@ class Sampler:
     """Per-interval throughput from the workers' published op counters, the machine's CPU, memory
     and device traffic over the same interval, and the progress calls."""
 
-    def __init__(self, spec: Spec, ops_done, starts, progress, device: str | None):
+    def __init__(self, spec: Spec, ops_done, starts, progress, device: str | None, bytes_done=None):
         self.spec, self.ops_done, self.starts, self.progress = spec, ops_done, starts, progress
+        self.bytes_done = bytes_done  # the workers' bytes so far (ops vary in length); None: ops x block_size
         self.device = device
         self.t0 = None
         self.rows: list[dict] = []
-        self.last_t = self.last_ops = 0
+        self.last_t = self.last_ops = self.last_bytes = 0
         self.last_dev = None
         self.dev_after_ramp = None  # device counters when ramp_s ended (to one poll, <= 50 ms)
         self.next_log = self.next_progress = 0
@@ -59,11 +60,12 @@ class Sampler:
         if now < self.next_log and now < self.next_progress:
             return
         ops = sum(self.ops_done)
+        done_b = sum(self.bytes_done) if self.bytes_done is not None else ops * self.spec.block_size
         if now >= self.next_log:
             dt = (now - self.last_t) / 1e9
             d_ops = ops - self.last_ops
             t_s = (now - self.t0) / 1e9
-            row = {"t_s": t_s, "mib_s": d_ops * self.spec.block_size / MIB / dt, "iops": d_ops / dt,
+            row = {"t_s": t_s, "mib_s": (done_b - self.last_bytes) / MIB / dt, "iops": d_ops / dt,
                    "ramp": t_s - dt / 2 < self.spec.ramp_s,  # mostly inside the warm-up
                    **system_sample(self.net_at_start)}
             dev = device_counters(self.device)
@@ -71,7 +73,7 @@ class Sampler:
                 row["device_read_mib_s"] = (dev[0] - self.last_dev[0]) / MIB / dt
                 row["device_write_mib_s"] = (dev[1] - self.last_dev[1]) / MIB / dt
             self.rows.append(row)
-            self.last_t, self.last_ops, self.last_dev = now, ops, dev
+            self.last_t, self.last_ops, self.last_dev, self.last_bytes = now, ops, dev, done_b
             self.next_log += int(self.spec.log_interval_s * 1e9)
         if now >= self.next_progress and self.progress is not None:
             if self.spec.metadata:  # files handled (all phases), not bytes
@@ -79,5 +81,5 @@ class Sampler:
                 self.progress((now - self.t0) / 1e9, ops, rate, unit="files")
             else:
                 rate = self.rows[-1]["mib_s"] if self.rows else 0.0
-                self.progress((now - self.t0) / 1e9, ops * self.spec.block_size, rate)
+                self.progress((now - self.t0) / 1e9, done_b, rate)
             self.next_progress += 1_000_000_000

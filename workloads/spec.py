@@ -11,10 +11,12 @@ from dataclasses import dataclass, field
 
 from .errors import ConfigError
 
-PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")  # block ops over a worker's files
+PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")  # block ops generated from the knobs
+ALL_PATTERNS = PATTERNS + ("replay",)  # replay: the ops of a trace (workloads/replay.py)
 FILE_OP_PATTERNS = ("metadata",)  # ops on files themselves (create, stat, open, unlink): workloads/metadata.py
 FORMAT_READ = "format_read"  # not a block pattern: loads a table file with numpy/pyarrow (workloads/formats.py)
 TABLE_FORMATS = ("binary", "npy", "csv", "parquet")  # data.format of pattern=format_read
+TIMINGS = ("asap", "original")  # pattern=replay: issue the trace's ops back to back, or at the trace's times
 CACHE_MODES = ("cold", "warm", "drop")
 DATA_KINDS = ("dgen", "zeros")
 PAGE = 4096
@@ -105,15 +107,43 @@ class Spec:
     seed: int = 0
     keep_files: bool = False
     log_interval_s: float = 1.0
+    trace: str | None = None  # pattern=replay: an fio iolog (v2/v3) or a CSV offset,length,op[,time_us]
+    timing: str = "asap"  # pattern=replay: one of TIMINGS
+    merge_kb: int | None = None  # reads: coalesce requests <= merge_kb apart within each batch (None: off)
+    merge_batch: int = 32  # ops per batch that merge_kb sorts and coalesces
+
+    def _trace(self):
+        from .replay import load  # parsed once per process (cached by path, size and mtime)
+
+        return load(self.trace, self.direct)
+
+    @property
+    def variable_lengths(self) -> bool:
+        """Ops of different lengths (replay, merging): bytes are counted per op. Otherwise every op is
+        block_size bytes and the loops take their fast path (bytes = ops x block_size)."""
+        return self.pattern == "replay" or self.merge_kb is not None
+
+    @property
+    def max_op_bytes(self) -> int:
+        """The largest op: what a read buffer (per slot) must hold. block_size unless ops vary."""
+        if self.merge_kb is not None:  # merged requests, of the pattern's or the trace's ops
+            from .merge import max_request
+
+            return max_request(self)
+        if self.pattern == "replay":
+            return max(self._trace().max_length, self.block_size)
+        return self.block_size
 
     @property
     def per_file(self) -> int:
         """Bytes per file: file_bytes, or the writer's share of size_bytes over its files in whole blocks
-        (format_read: an upper bound of its table file)."""
+        (format_read: an upper bound of its table file; replay: the bytes the trace addresses)."""
         if self.pattern == FORMAT_READ and self.data.format in TABLE_FORMATS and self.data.rows:
             from .formats import estimated_bytes
 
             return estimated_bytes(self.data.format, self.data.rows)
+        if self.pattern == "replay":  # its file is laid out that large
+            return self._trace().end
         if self.file_bytes is not None:
             return self.file_bytes
         if self.metadata:
@@ -133,10 +163,14 @@ class Spec:
 
     @property
     def reads(self) -> bool:
+        if self.pattern == "replay":
+            return self._trace().reads > 0
         return self.pattern in ("seq_read", "rand_read", "mixed", FORMAT_READ)
 
     @property
     def writes(self) -> bool:
+        if self.pattern == "replay":
+            return self._trace().writes > 0
         return self.pattern in ("seq_write", "rand_write", "mixed")
 
     @property
@@ -167,10 +201,16 @@ class Spec:
             if value > MAX_SECONDS:
                 raise ConfigError(key, value, f"must be at most {MAX_SECONDS} (one week, in seconds)")
 
-        if self.pattern not in PATTERNS + FILE_OP_PATTERNS + (FORMAT_READ,):
-            raise ConfigError("pattern", self.pattern,
-                              "choose one of " + ", ".join(PATTERNS + FILE_OP_PATTERNS + (FORMAT_READ,)))
+        every = ALL_PATTERNS + FILE_OP_PATTERNS + (FORMAT_READ,)
+        if self.pattern not in every:
+            raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(every))
         self._check_format_read()
+        if self.pattern == "replay":
+            self._check_replay()
+        if self.merge_kb is not None:
+            from .merge import check
+
+            check(self)
         if self.block_size <= 0 or self.block_size % 1024:
             raise ConfigError("block_kb", self.block_size / 1024, "must be a whole number of KiB > 0")
         positive("writers", self.writers)
@@ -180,6 +220,9 @@ class Spec:
                 or not 1 <= self.iodepth <= MAX_IODEPTH:
             raise ConfigError("iodepth", self.iodepth, f"must be a whole number from 1 to {MAX_IODEPTH} "
                                                        "(the io_uring ring limit)")
+        if self.read_only_target and self.writes and self.pattern == "replay":
+            raise ConfigError("pattern.trace", self.trace, f"has {self._trace().writes} write(s) and target=file only "
+                                                           "reads: replay it on iosweep's own files (target=local)")
         if self.read_only_target and self.writes:
             raise ConfigError("pattern", self.pattern, "target=file only reads (iosweep never writes your files): "
                                                        "choose pattern=seq_read or rand_read, or to write into an "
@@ -208,8 +251,8 @@ class Spec:
             raise ConfigError("block_kb", self.block_size // 1024,
                               "direct=true needs a multiple of 4 KiB (or set direct=false)")
         self._check_files()
-        if not self.read_only_target and not self.metadata and self.pattern != FORMAT_READ \
-                and self.file_size < self.block_size:  # target=file: resolve() says
+        if not self.read_only_target and not self.metadata and self.pattern not in (FORMAT_READ, "replay") \
+                and self.file_size < self.block_size:  # target=file: resolve() says; replay: the trace sizes it
             raise ConfigError("size_mb", self.size_bytes >> 20,
                               f"too small for writers={self.writers} x block_kb={self.block_size >> 10}: "
                               "each writer needs at least one block")
@@ -299,3 +342,21 @@ class Spec:
                               f"leaves files smaller than block_kb={self.block_size >> 10}: size_mb="
                               f"{self.size_bytes >> 20} / writers={self.writers} / files_per_writer={fpw}; "
                               "raise size_mb, or lower files_per_writer or block_kb")
+
+    def _check_replay(self) -> None:
+        """pattern=replay: a readable trace (load() names the line that is wrong), one worker, no duration."""
+        if not self.trace:
+            raise ConfigError("pattern.trace", self.trace, "pattern=replay needs a trace: set pattern.trace=PATH "
+                                                           "(an fio iolog or a CSV offset,length,op[,time_us])")
+        if self.timing not in TIMINGS:
+            raise ConfigError("pattern.timing", self.timing, "choose one of " + ", ".join(TIMINGS))
+        self._trace()
+        if self.writers != 1:
+            raise ConfigError("writers", self.writers, "pattern=replay replays the trace once, with one worker: "
+                                                       "set writers=1")
+        if self.duration_s is not None:
+            raise ConfigError("duration_s", self.duration_s, "pattern=replay runs the trace's ops once: "
+                                                             "set duration_s=null")
+        if self.files_per_writer != 1 or self.file_bytes is not None:
+            raise ConfigError("files_per_writer", self.files_per_writer, "pattern=replay replays the trace on one "
+                                                                         "file: set files_per_writer=1 and file_kb=null")

@@ -17,8 +17,10 @@ import numpy as np
 from . import engines, hints
 from .data import write_source
 from .metrics import N_BUCKETS, LatencyHistogram
+from .merge import coalesce
 from .patterns import extent_chunks
 from .prepare import evict, lay_out
+from .replay import Pacer
 from .spec import Spec
 
 GROUP_BYTES = 16 << 20  # publish progress / check the clock about every 16 MiB...
@@ -31,11 +33,16 @@ class Aborted(Exception):
 
 
 class Recorder:
-    """What an issuer fills per direction: histogram counts and sum / min / max, in place."""
+    """What an issuer fills per direction: histogram counts, and sum / min / max of the latencies and
+    the bytes the ops moved (stats[3]: the real bytes, whatever each op's length), in place."""
 
     def __init__(self):
         self.counts = np.zeros(N_BUCKETS, dtype=np.int64)
-        self.stats = np.array([0, np.iinfo(np.int64).max, 0], dtype=np.int64)
+        self.stats = np.array([0, np.iinfo(np.int64).max, 0, 0], dtype=np.int64)
+
+    @property
+    def bytes(self) -> int:
+        return int(self.stats[3])
 
     def histogram(self) -> LatencyHistogram:
         total = int(self.counts.sum())
@@ -55,7 +62,7 @@ def open_flags(spec: Spec, direct: bool) -> int:
 
 
 def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_start, ops_done=None,
-                stop=None, prepared: bool = False, base: int = 0, extents=None) -> dict:
+                stop=None, prepared: bool = False, base: int = 0, extents=None, bytes_done=None) -> dict:
     """Prepare (unless `prepared`: the caller laid out and evicted the file), wait for
     `wait_start()`, run the measured loop over the region starting at `base`, return counters
     and histograms.
@@ -63,7 +70,9 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
     `extents` [(path, base, bytes), ...] replaces path and base for a worker whose share spans
     several files (target=file): it reads them one after another, the first opened before the
     start, each next one when it gets there (inside the window: opening files is part of reading
-    a set of them)."""
+    a set of them).
+
+    `ops_done` / `bytes_done`: shared per-worker counters this worker publishes its progress in."""
     bs = spec.block_size
     engine = engines.get(spec.engine)
     extents = extents or [(path, base, spec.file_size)]
@@ -97,6 +106,11 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
         wper = len(wchunk) // bs if wchunk is not None else 0
         group = max(1, min(GROUP_MAX_OPS, GROUP_BYTES // bs))
         timed = spec.latency
+        varlen, merging = spec.variable_lengths, spec.merge_kb is not None
+        gap = (spec.merge_kb or 0) * 1024
+        merged = {"ops_requested": 0, "ops_issued": 0, "bytes_over_read": 0}  # over the window
+        pacer = Pacer(spec) if spec.pattern == "replay" and spec.timing == "original" else None
+        trace_pos = 0  # replay: the trace index of the chunk's first op (the pacer's clock)
         clock = time.perf_counter_ns  # CLOCK_MONOTONIC, the clock the C loops read too
         parent = os.getppid()
 
@@ -112,9 +126,9 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
         t_measure, cpu0, wait0 = t_start, cpu_s(), (wsrc.wait_ns if wsrc else 0)
         if measuring:
             issuer.start_window()
-        total_ops = 0
+        total_ops = total_bytes = 0
         finished = False
-        for index, offsets, flags in extent_chunks(spec, worker, [n // bs for _, _, n in extents]):
+        for index, offsets, flags, lengths in extent_chunks(spec, worker, [n // bs for _, _, n in extents]):
             if index != current:  # the next file: finish this one's ops, then open it
                 n_r, n_w = issuer.drain(rec_r, rec_w, timed)
                 ops_r, ops_w = ops_r + n_r, ops_w + n_w
@@ -139,21 +153,35 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                     issuer = hints.prefetching(spec, issuer)
                 if measuring:
                     issuer.start_window()
+            if merging:  # reads only (merge.check): a merged request is one variable-length op
+                offsets, lengths, covers, over = coalesce(offsets, lengths, bs, gap, spec.merge_batch)
             if base:
                 offsets = offsets + base
             flags = flags.view(np.uint8) if flags is not None else None
             pos = 0
             while pos < len(offsets):
-                done, wi, n_r, n_w, err, ret = issuer.run(offsets, pos, min(group, len(offsets) - pos), flags, wchunk,
+                count = min(group, len(offsets) - pos)
+                if pacer is not None:  # timing=original: wait for the next op's time, issue what is due
+                    count = pacer.due(trace_pos + pos, count)
+                done, wi, n_r, n_w, err, ret = issuer.run(offsets, pos, count, flags, wchunk,
                                                           wi, rec_r, rec_w, timed, stop,
-                                                          0 if deadline == NEVER else deadline)
+                                                          0 if deadline == NEVER else deadline, lengths)
+                if varlen:  # else bytes = ops x block_size: the fast path publishes ops only
+                    total_bytes += int(lengths[pos:pos + done].sum())
+                    if bytes_done is not None:
+                        bytes_done[worker] = total_bytes
+                    if merging:
+                        merged["ops_requested"] += int(covers[pos:pos + done].sum())
+                        merged["ops_issued"] += done
+                        merged["bytes_over_read"] += int(over[pos:pos + done].sum())
                 pos += done
                 total_ops += done
                 ops_r += n_r
                 ops_w += n_w
                 if err:
+                    asked = bs if lengths is None else int(lengths[min(pos, len(lengths) - 1)])
                     raise OSError(err, os.strerror(err)) if err > 0 else \
-                        OSError(errno.ENOSPC if spec.writes else errno.EIO, f"short I/O: {ret} of {bs} bytes")
+                        OSError(errno.ENOSPC if spec.writes else errno.EIO, f"short I/O: {ret} of {asked} bytes")
                 if wi == wper and wchunk is not None:
                     wchunk, wi = wsrc.advance(), 0
                 if ops_done is not None:
@@ -161,12 +189,16 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                 t1 = clock()
                 if not measuring and t1 >= ramp_end:  # warm-up over: forget what it measured
                     rec_r, rec_w, ops_r, ops_w, earlier = Recorder(), Recorder(), 0, 0, {}
+                    merged = dict.fromkeys(merged, 0)
+                    if pacer is not None:
+                        pacer.reset()
                     measuring, t_measure, cpu0 = True, t1, cpu_s()
                     wait0 = wsrc.wait_ns if wsrc else 0
                     issuer.start_window()
                 if t1 >= deadline or (stop is not None and stop.value) or os.getppid() != parent:
                     finished = True  # time is up, the parent asked us to stop, or it died
                     break
+            trace_pos += len(offsets)
             if finished:
                 break
         n_r, n_w = issuer.drain(rec_r, rec_w, timed)  # ops still in flight complete inside the window
@@ -184,11 +216,16 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                         os.close(other_fd)
         t_end = clock()
         counters = _add(earlier, issuer.counters())
+        if merging:
+            counters.update({k: float(v) for k, v in merged.items()})
+        if pacer is not None:
+            counters.update(pacer.counters())
         if not measuring:  # the run ended inside the warm-up: nothing was measured
             hist_r, hist_w, t_measure, ops_r, ops_w = LatencyHistogram(), LatencyHistogram(), t_end, 0, 0
             counters = {}
         return {"worker": worker, "t_start": t_start, "t_measure": t_measure, "t_end": t_end,
                 "hist_r": hist_r, "hist_w": hist_w, "ops_r": ops_r, "ops_w": ops_w,
+                "bytes_r": rec_r.bytes if measuring else 0, "bytes_w": rec_w.bytes if measuring else 0,
                 "cpu_s": cpu_s() - cpu0, "ops_total": total_ops, "counters": counters,
                 "datagen_wait_ns": (wsrc.wait_ns if wsrc else 0) - wait0, "ramp_done": measuring,
                 "stopped": bool(stop is not None and stop.value)}

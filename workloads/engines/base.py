@@ -47,15 +47,22 @@ class Engine:
             raise ConfigError("direct", True, f"engine={self.name} cannot issue O_DIRECT: set direct=false")
         if spec.writes and not self.writes:
             raise ConfigError("pattern", spec.pattern, f"engine={self.name} cannot write: choose a read pattern")
+        if self.external and spec.pattern == "replay":  # the ops of different lengths are iosweep's own loop
+            raise ConfigError("engine", self.name, "pattern=replay runs in iosweep's engines: choose engine=sync, "
+                                                   "uring or mmap")
+        if self.external and spec.merge_kb is not None:
+            raise ConfigError("merge_kb", spec.merge_kb, f"engine={self.name} does not merge requests: choose "
+                                                         "engine=sync, uring or mmap, or set merge_kb=null")
 
 
 class Issuer:
     """Issues one worker's ops; the base issues them with the C loop run_ops in `hot_mode`.
 
-    run(offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline) issues ops
-    first .. first+count-1 (absolute byte offsets; flags: None or 1 = read per op), writes taking
-    block `wi` onward of `wchunk`, and returns (done, wi, n_read, n_written, err, ret) as run_ops
-    does. An engine with ops in flight completes them before it returns with the write chunk used
+    run(offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline, lengths=None)
+    issues ops first .. first+count-1 (absolute byte offsets; flags: None or 1 = read per op;
+    lengths: None = every op is block_size bytes, else int64 bytes per op, at most
+    spec.max_op_bytes), writes taking block `wi` onward of `wchunk`, and returns
+    (done, wi, n_read, n_written, err, ret) as run_ops does. An engine with ops in flight completes them before it returns with the write chunk used
     up, and in drain(), so the caller may refill the chunk.
     """
 
@@ -66,14 +73,14 @@ class Issuer:
 
         self.spec, self.fd, self.base = spec, fd, base
         self.length = spec.file_size if length is None else length
-        self.rbuf = aligned_buffer(spec.block_size) if spec.reads else None
+        self.rbuf = aligned_buffer(spec.max_op_bytes) if spec.reads else None  # holds the largest read
 
-    def run(self, offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline):
+    def run(self, offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline, lengths=None):
         from .._hotloop import run_ops
 
         return run_ops(self.fd, self.hot_mode, offsets, first, count, flags, wchunk, wi, self.rbuf,
                        self.spec.block_size, rec_r.counts, rec_r.stats, rec_w.counts, rec_w.stats, timed, stop,
-                       deadline)
+                       deadline, lengths)
 
     def drain(self, rec_r, rec_w, timed) -> tuple[int, int]:
         """Complete the ops still in flight; returns (reads, writes) completed. None here."""

@@ -47,12 +47,12 @@ class MmapIssuer(Issuer):
         self.touch = spec.access == "touch"
         self.faults = np.zeros(2, dtype=np.int64)  # minor, major: mmap_ops adds to them in place
 
-    def run(self, offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline):
+    def run(self, offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline, lengths=None):
         from .._hotloop import mmap_ops
 
         out = mmap_ops(self.map, self.map_off, self.touch, offsets, first, count, flags, wchunk, wi, self.rbuf,
                        self.spec.block_size, rec_r.counts, rec_r.stats, rec_w.counts, rec_w.stats, self.faults,
-                       timed, stop, deadline)
+                       timed, stop, deadline, lengths)
         if out[4] == errno.EFAULT:
             size = os.lseek(self.fd, 0, os.SEEK_END)
             raise OSError(errno.EIO, f"SIGBUS on the mapping (the file now holds {size} bytes of "

@@ -80,16 +80,17 @@ class UringIssuer(Issuer):
         self.spec, self.fd, self.base = spec, fd, base
         self.length = spec.file_size if length is None else length
         self.ring = None
-        self.rbuf = aligned_buffer(spec.iodepth * spec.block_size) if spec.reads else None  # a block per slot
+        slot = spec.max_op_bytes  # each slot reads into its own buffer, as large as the largest op
+        self.rbuf = aligned_buffer(spec.iodepth * slot) if spec.reads else None
         self.ring = uring_open(fd, spec.iodepth, spec.block_size, self.rbuf, spec.fixed_files, spec.fixed_bufs,
-                               spec.sqpoll, spec.batch_submit, spec.batch_complete)
+                               spec.sqpoll, spec.batch_submit, spec.batch_complete, slot)
         self.enters0 = 0
 
-    def run(self, offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline):
+    def run(self, offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline, lengths=None):
         from .._hotloop import uring_ops
 
         return uring_ops(self.ring, offsets, first, count, flags, wchunk, wi, rec_r.counts, rec_r.stats,
-                         rec_w.counts, rec_w.stats, timed, stop, deadline)
+                         rec_w.counts, rec_w.stats, timed, stop, deadline, lengths)
 
     def drain(self, rec_r, rec_w, timed) -> tuple[int, int]:
         from .._hotloop import uring_drain
@@ -98,8 +99,13 @@ class UringIssuer(Issuer):
         if err:  # as the worker reports a failed op of run()
             raise OSError(err, os.strerror(err)) if err > 0 else \
                 OSError(errno.ENOSPC if self.spec.writes else errno.EIO,
-                        f"short I/O: {ret} of {self.spec.block_size} bytes")
+                        f"short I/O: {ret} of {self._asked()} bytes")
         return n_r, n_w
+
+    def _asked(self) -> str:
+        """The bytes an op asked for, as far as drain() knows: ops vary in length with replay or merging."""
+        largest = self.spec.max_op_bytes
+        return str(largest) if largest == self.spec.block_size else f"up to {largest}"
 
     def start_window(self) -> None:
         from .._hotloop import uring_enters
@@ -141,7 +147,7 @@ class UringEngine(Engine):
             if not isinstance(getattr(spec, key), bool):
                 raise ConfigError(f"engine.{key}", getattr(spec, key), "must be true or false")
         # each slot reads into its own block, and writes in flight need chunks of several queues' worth
-        per_worker = (spec.iodepth * spec.block_size if spec.reads else 0) + \
+        per_worker = (spec.iodepth * spec.max_op_bytes if spec.reads else 0) + \
             (RING * chunk_bytes(spec.block_size, spec.iodepth) if spec.writes else 0)
         need, avail = per_worker * spec.writers, psutil.virtual_memory().available
         if need > MEMORY_SHARE * avail:

@@ -110,6 +110,14 @@ def share_of(spec: Spec, files: list[tuple[Path, int]]) -> int:
 def resolve(spec: Spec) -> Spec:
     """The spec with size_bytes = the bytes the writers will read (a whole number of blocks each)."""
     files = scan(spec)
+    if spec.pattern == "replay":  # the trace's offsets are in one file, and must lie inside it
+        from ..replay import check_file
+
+        if len(files) != 1:
+            raise ConfigError(KEY, spec.target_path, f"names {len(files)} files and pattern=replay replays the "
+                                                     "trace of one: point target.path at that file")
+        check_file(spec, str(files[0][0]), files[0][1])
+        return spec
     return dataclasses.replace(spec, size_bytes=share_of(spec, files) * spec.writers)
 
 
@@ -163,10 +171,11 @@ class FileTarget:
         if not self.does_io:  # the null engine: checked, nothing opened
             return placement
         share = spec.file_size
-        placement.regions = regions(files, spec.block_size, share, spec.writers)
+        placement.regions = regions(files, spec.block_size, share, spec.writers) if spec.pattern != "replay" \
+            else [[(files[0][0], 0, share)]]  # replay: the trace's offsets are the file's own
         placement.sources = list(dict.fromkeys(p for extents in placement.regions for p, _, _ in extents))
         total, read = sum(size for _, size in files), share * spec.writers
-        if total > read:
+        if total > read and spec.pattern != "replay":  # a trace reads what it reads
             tails = sum(size % spec.block_size for _, size in files)
             why = ([f"{tails} in file tails shorter than block_kb={spec.block_size >> 10}"] if tails else []) + \
                 ([f"{total - read - tails} beyond the cap or the even split over writers={spec.writers}"]
