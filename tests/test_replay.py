@@ -3,7 +3,6 @@ offsets, lengths and order; ops and bytes of the run equal the trace's; bad trac
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 
 import pytest
@@ -91,7 +90,6 @@ def test_original_timing_keeps_the_traces_gaps_and_reports_lateness(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("fio") is None, reason="fio is not installed")
 def test_a_log_fio_wrote_replays_with_fios_ops_and_bytes(tmp_path):
     """fio --write_iolog writes v3 (fio >= 3.31); its v2 form is the same lines without the timestamp."""
     f, log = tmp_path / "F", tmp_path / "fio.log"

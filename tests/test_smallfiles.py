@@ -126,7 +126,6 @@ def test_fio_job_names_the_same_files(tmp_path):
         tmp_path, mount_of(tmp_path), None, "buffered"), tmp_path)  # one file: the job as before
 
 
-@pytest.mark.skipif(not fio.shutil.which("fio"), reason="fio is not installed")
 def test_fio_reads_the_same_files_op_for_op(tmp_path):
     mine = workloads.run(small(tmp_path))
     theirs = workloads.run(small(tmp_path, engine="fio"))
