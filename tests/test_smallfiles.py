@@ -6,7 +6,7 @@ import pytest
 
 import workloads
 from conftest import mlflow_runs, run_cli
-from workloads import ConfigError, Spec
+from workloads import ConfigError, DataSpec, Spec
 from workloads.engines import fio
 from workloads.patterns import extent_chunks
 from workloads.targets import local
@@ -228,3 +228,17 @@ def test_hints_and_prefetch_apply_to_every_small_file(tmp_path, monkeypatch, kw)
     assert out["ops_r"] == 5 * 4
     if "hint" in kw:
         assert len(advised) == 5  # once per file, the first before the window
+
+
+@pytest.mark.parametrize("kw, says", [
+    (dict(files_per_writer=1 << 26, file_bytes=4 * KIB, block_size=4 * KIB), "files_per_writer=67108864: needs"),
+    (dict(file_bytes=1 << 50, block_size=4 * KIB), "file_kb=1099511627776: needs"),
+    (dict(size_bytes=1 << 50), "size_mb=1073741824: needs"),
+    (dict(pattern="format_read", data=DataSpec(format="parquet", rows=10 ** 11)), "data.rows=100000000000: needs"),
+])
+def test_too_large_for_the_disk_names_the_knob_that_sized_it(tmp_path, kw, says):
+    """The space check names what the user set (file count, file size, table rows), not size_mb's default."""
+    with pytest.raises(ConfigError) as e:
+        workloads.run(Spec(**{"pattern": "seq_read", "target_dir": str(tmp_path / "t"), **kw}))
+    assert str(e.value).startswith(says) and "MiB free: lower " + says.split("=")[0] in str(e.value), str(e.value)
+    assert not (tmp_path / "t").exists() or not any((tmp_path / "t").rglob("*.dat"))

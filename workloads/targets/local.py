@@ -29,6 +29,18 @@ OUR_DIR_NAMES = re.compile(r"f\d+")  # ...holding only files named f<i>
 INODE_MARGIN = 16  # the scratch dir, its owner marker, the O_DIRECT probe, and room for others
 
 
+def _size_key(spec: Spec) -> tuple[str, object]:
+    """The knob that sized the run's files, as the user wrote it: what a too-large size names."""
+    if spec.pattern == "format_read":
+        return "data.rows", spec.data.rows
+    if spec.pattern == "replay":
+        return "pattern.trace", spec.trace
+    if spec.file_bytes is not None:  # files_per_writer x file_kb: the count, when there are many
+        return ("files_per_writer", spec.files_per_writer) if spec.files_per_writer > 1 \
+            else ("file_kb", spec.file_bytes >> 10)
+    return "size_mb", spec.size_bytes >> 20
+
+
 @register
 class LocalTarget:
     name = "local"
@@ -61,9 +73,9 @@ class LocalTarget:
         usage = shutil.disk_usage(root)
         free = usage.free
         if need + min(SPACE_MARGIN, usage.total // SPACE_MARGIN_SHARE) > free:
-            raise ConfigError("size_mb", spec.size_bytes >> 20,
-                              f"needs {need >> 20} MiB but {root} has {free >> 20} MiB free: "
-                              "lower size_mb or choose another target.dir")
+            key, value = _size_key(spec)
+            raise ConfigError(key, value, f"needs {need >> 20} MiB but {root} has {free >> 20} MiB free: "
+                                          f"lower {key} or choose another target.dir")
         self._check_inodes(root)
         remove_stale_scratch(root)
         placement.files_per_writer = spec.files_per_writer
