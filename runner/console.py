@@ -57,6 +57,8 @@ def describe(spec: Spec) -> str:
     block = f"block {spec.block_size >> 10} KiB"
     if spec.pattern == "replay":  # the trace sets the ops' lengths and the bytes
         what, block, how = f"replay {spec.trace} (timing {spec.timing})", "ops of the trace's lengths", "once"
+    if spec.pattern == "model_load":  # the model's tensors, in reads of at most block_kb
+        what, block, how = f"model_load (order {spec.order})", f"reads of <= {spec.block_size >> 10} KiB", "once"
     if spec.merge_kb is not None:
         what += f"  merge_kb {spec.merge_kb} (batches of {spec.merge_batch})"
     return (f"{what}  {block}  writers {spec.writers}  {how}  "
