@@ -114,8 +114,8 @@ def _tensors(path: str, size: int, mtime_ns: int) -> tuple[Tensor, ...]:
 def tensors(path: str) -> tuple[Tensor, ...]:
     """The model file's tensors (file order), or one ConfigError naming the file."""
     if not path:
-        raise ConfigError(KEY, path, f"pattern=model_load needs a model file: set target=file target.path=PATH "
-                                     "(.safetensors or .gguf)")
+        raise ConfigError(KEY, path, "pattern=model_load needs a model file: set target.path=MODEL.safetensors or "
+                                     "MODEL.gguf (with target=file)")
     path = os.path.abspath(os.path.expanduser(str(path)))
     try:
         st = os.stat(path)
