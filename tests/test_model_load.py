@@ -208,6 +208,15 @@ def test_the_preset_needs_a_file_and_compares_each_variant_with_the_first(tmp_pa
     assert "* Model load baseline engine=sync hint=none:" in p.stdout, p.stdout
     assert "* engine=sync hint=none prefetch.blocks=8: " in p.stdout and "x of baseline load GB/s" in p.stdout
     assert "* engine=mmap hint=none: " in p.stdout
+    assert p.stdout.count(" model load ") == 3 and " tensors of " in p.stdout  # each run's console line
+
+
+def test_with_repeats_load_s_is_one_loads_time(safetensors_file):
+    r = run(load_spec(safetensors_file[0], repeats=2))
+    m = r.metrics()
+    assert m["load_s"] == pytest.approx(m["elapsed_s"] / 2)
+    assert m["load_gb_s"] == pytest.approx(r.bytes_read / 1e9 / m["elapsed_s"])
+    assert r.bytes_read == 2 * sum(a.nbytes for a in safetensors_file[1].values())
 
 
 def _row(point, gb_s, valid="true", **params):
