@@ -121,7 +121,8 @@ def to_spec(cfg: DictConfig) -> Spec:
         latency=_switch(cfg, "latency"), access=cfg.engine.access, **_uring_knobs(cfg),
         hint=cfg.hint, prefetch_blocks=_whole(cfg, "prefetch.blocks", 0), prefetch_after=_whole(cfg, "prefetch.after", 0),
         files_per_writer=_whole(cfg, "files_per_writer"), file_bytes=_file_bytes(cfg),
-        trace=cfg.pattern.trace, timing=cfg.pattern.timing or "asap", **_merge_knobs(cfg),
+        trace=cfg.pattern.trace, timing=cfg.pattern.timing or "asap", order=cfg.pattern.order or "file",
+        **_merge_knobs(cfg),
     ).check()
 
 

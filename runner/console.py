@@ -57,6 +57,8 @@ def describe(spec: Spec) -> str:
     block = f"block {spec.block_size >> 10} KiB"
     if spec.pattern == "replay":  # the trace sets the ops' lengths and the bytes
         what, block, how = f"replay {spec.trace} (timing {spec.timing})", "ops of the trace's lengths", "once"
+    if spec.pattern == "model_load":  # the model's tensors, in reads of at most block_kb
+        what, block, how = f"model_load (order {spec.order})", f"reads of <= {spec.block_size >> 10} KiB", "once"
     if spec.merge_kb is not None:
         what += f"  merge_kb {spec.merge_kb} (batches of {spec.merge_batch})"
     return (f"{what}  {block}  writers {spec.writers}  {how}  "
@@ -103,6 +105,9 @@ def result_table(result: Result) -> str:
                 lines.append(f"  {'':>12} {kind}s: {m[f'device_{kind}_ios']:.0f} requests of "
                              f"{m[f'device_{kind}_req_kb']:.0f} KiB on average, {m[f'device_{kind}_merges']:.0f} "
                              f"merged, await {m[f'device_{kind}_await_ms']:.2f} ms")
+    if "load_gb_s" in m:  # pattern=model_load: the load, and what it loaded
+        lines.append(f"  {'model':>12} load {m['load_s']:.3f} s = {m['load_gb_s']:.3f} GB/s   {m['tensors']:.0f} "
+                     f"tensors of {m['tensor_min_kib']:.1f} KiB to {m['tensor_max_mib']:.1f} MiB")
     if "rows_per_s" in m:  # pattern=format_read: decoded rows, the file's size, where the CPU went
         lines.append(f"  {'table':>12} {m['rows_per_s']:10.0f} rows/s   file {m['file_mib']:.1f} MiB   "
                      f"CPU decode (user) {m['decode_cpu_s']:.3f} s, read (system) {m['read_sys_cpu_s']:.3f} s")

@@ -34,6 +34,7 @@ class PatternConf:
     read_pct: Any = 100  # share of reads in percent; used by the mixed pattern
     trace: Optional[str] = None  # pattern=replay: fio iolog v2/v3 or CSV offset,length,op[,time_us]
     timing: Optional[str] = None  # pattern=replay: asap | original (conf/pattern/replay.yaml)
+    order: Optional[str] = None  # pattern=model_load: file | layer (conf/pattern/model_load.yaml)
 
 
 @dataclass

@@ -107,6 +107,7 @@ DEVICE_METRICS = ("device_read_req_kb", "device_read_merges", "device_read_await
 NUMERIC_AXES = ("block_kb", "writers", "iodepth", "size_mb", "duration_s", "pattern.read_pct",
                 "data.compress_ratio", "data.dedup_ratio", "files_per_writer", "file_kb")
 TABLE_METRICS = ("rows_per_s", "file_mib")  # pattern=format_read: what format_ratios compares
+LOAD_METRICS = ("load_gb_s", "load_s", "tensors", "major_faults")  # pattern=model_load: what load_ratios compares
 FORMATS = ("binary", "npy", "csv", "parquet")  # data.format, in the order findings name them; binary is the base
 KNEE_GAIN = 0.10  # "beyond this block size, throughput gains < 10%"; the same for IOPS per iodepth step
 LITTLE_TOLERANCE = 0.15  # Little's law: IOPS x mean latency within 15% of the ops kept in flight
@@ -144,6 +145,7 @@ def rows(points: list[dict]) -> tuple[list[str], list[dict]]:
         row.update({m: p["metrics"][m] for m in REPEAT_METRICS if m in p["metrics"]})
         row.update({m: p["metrics"][m] for m in DEVICE_METRICS if m in p["metrics"]})
         row.update({m: p["metrics"].get(m, float("nan")) for m in TABLE_METRICS})  # nan: not a format_read run
+        row.update({m: p["metrics"].get(m, float("nan")) for m in LOAD_METRICS})  # nan: not a model_load run
         row["error"] = secrets.mask_text(p.get("error") or "")
         row["run_id"] = p.get("run_id") or ""
         # not columns: which point the run measured (trials of one point share it), and its config
@@ -158,6 +160,7 @@ def _csv_fields(columns: list[str], table: list[dict]) -> list[str]:
     extra = list(REPEAT_METRICS) if _has_repeats(table) else []
     extra += [m for m in DEVICE_METRICS if any(m in r for r in table)]
     extra += [m for m in TABLE_METRICS if any(r.get(m) == r.get(m) for r in table)]  # nan != nan: no table run
+    extra += [m for m in LOAD_METRICS if any(r.get(m) == r.get(m) for r in table)]
     return columns + ["status", "valid", *KEY_METRICS, *extra, "error", "run_id"]
 
 
@@ -375,6 +378,47 @@ def format_ratios(table: list[dict], axes: list[str]) -> list[str]:
     return out
 
 
+def _load_variant(axes: list[str], r: dict) -> str:
+    """A model load's variant as the knobs that made it, e.g. `engine=mmap hint=willneed` (a swept
+    named point is replaced by the engine, hint and prefetch it sets)."""
+    params = r["_params"]
+    parts = [f"engine={params.get('engine', '?')}", f"hint={params.get('hint', 'none')}"]
+    if str(params.get("prefetch.blocks", 0)) not in ("0", ""):
+        parts.append(f"prefetch.blocks={params['prefetch.blocks']}")
+    return " ".join(parts + [f"{a}={r[a]}" for a in axes if a not in ("point", "engine", "hint", "prefetch.blocks")])
+
+
+def load_ratios(table: list[dict], axes: list[str]) -> list[str]:
+    """pattern=model_load: each variant's median load GB/s against the first variant's (the baseline:
+    the sweep's first point), from valid runs only, with what the device and the page faults saw."""
+    order = list(dict.fromkeys(r["_point"] for r in _finished(table) if r.get("load_gb_s") == r.get("load_gb_s")))
+    if len(order) < 2:
+        return []
+    by_point = {r["_point"]: r for r in aggregate(table, metric="load_gb_s")}
+    first = next(r for r in _finished(table) if r["_point"] == order[0])
+    base = by_point.get(order[0])
+    if base is None or base["load_gb_s"] <= 0:
+        return [f"Model load: no valid run of the baseline ({_load_variant(axes, first)}) to compare the other "
+                "variants with"]
+
+    def seen(r):
+        faults = r.get("major_faults", float("nan"))
+        return (f"device req {r.get('device_read_req_kb', float('nan')):.0f} KiB"
+                + (f", {faults:.0f} major faults" if faults == faults else ""))
+
+    out = [f"Model load baseline {_load_variant(axes, base)}: {base['load_gb_s']:.3f} GB/s, {base['load_s']:.2f} s "
+           f"(median of {base['_n']} valid runs; {seen(base)})"]
+    for point in order[1:]:
+        r = by_point.get(point)
+        if r is None:
+            name = _load_variant(axes, next(x for x in _finished(table) if x["_point"] == point))
+            out.append(f"{name}: no valid run")
+            continue
+        out.append(f"{_load_variant(axes, r)}: {r['load_gb_s'] / base['load_gb_s']:.2f}x of baseline load GB/s "
+                   f"({r['load_gb_s']:.3f} GB/s, {r['load_s']:.2f} s; {seen(r)})")
+    return out
+
+
 def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[str]:
     """What the sweep says, from the valid points of its table and its engine_ratios()."""
     axes = sweep_axes(columns)
@@ -439,6 +483,7 @@ def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[
                 out.append(f"{seq} is {np.median(speedups):.1f}x {rnd} (median over {len(speedups)} matched points)")
     if "data.format" in axes:
         out += format_ratios(table, axes)
+    out += load_ratios(table, axes)
     for r in table:
         if r["status"] != "FINISHED":
             out.append(f"FAILED: {' '.join(f'{a}={r[a]}' for a in columns)}: {r['error']}")

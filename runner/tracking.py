@@ -622,6 +622,7 @@ def sweep_points(sweep_dir: Path) -> list[dict]:
             r = read_record(job)
             points.append({"status": r["status"], "metrics": r.get("metrics", {}), "valid": r.get("valid", False),
                            "error": r.get("error"), "overrides": r.get("overrides", []),
+                           "params": r.get("params", {}),  # what a named point set (summary.load_ratios)
                            "result_id": r["result_id"], "run_id": None, "run_dir": job})
         except (OSError, BadRecord) as e:
             try:

@@ -30,16 +30,28 @@ def test_every_group_option_composes_and_builds_a_spec(choice, tmp_path):
     trace = tmp_path / "trace.csv"  # pattern=replay needs a trace to replay
     trace.write_text("0,4096,read\n")
     cfg = compose_with([choice] + (["pattern=seq_read"] if choice == "target=file" else [])  # it only reads
-                       + ([f"pattern.trace={trace}"] if choice == "pattern=replay" else []))
+                       + ([f"pattern.trace={trace}"] if choice == "pattern=replay" else [])
+                       + (["target=file", f"target.path={_model(tmp_path)}"] if choice == "pattern=model_load"
+                          else []))
     group, name = choice.split("=")
     assert cfg[group].name == name
     spec = app.to_spec(cfg)
     assert isinstance(spec, Spec)
 
 
-def test_every_experiment_preset_composes():
+def _model(tmp_path):
+    """A one-tensor .safetensors file: pattern=model_load needs a model to load."""
+    from safetensors.numpy import save_file
+    import numpy as np
+
+    save_file({"w": np.zeros(1024, dtype=np.float32)}, str(tmp_path / "m.safetensors"))
+    return tmp_path / "m.safetensors"
+
+
+def test_every_experiment_preset_composes(tmp_path):
     for preset in sorted(p.stem for p in (CONF / "experiment").glob("*.yaml")):
-        cfg = compose_with([f"experiment={preset}"])
+        cfg = compose_with([f"experiment={preset}"]
+                           + ([f"target.path={_model(tmp_path)}"] if preset == "model_load_ab" else []))
         assert app.to_spec(cfg).block_size > 0, preset
 
 

@@ -145,4 +145,5 @@ def test_presets_run_in_a_smoke_size(tmp_path, preset, smoke):
 def test_every_preset_is_covered_by_the_smoke_test():
     presets = {p.stem for p in (CONF / "experiment").glob("*.yaml")}
     assert presets == {"io_microbench", "write_scaling", "fio_parity", "qd_parity", "mmap_parity", "readahead_ab",
-                       "io_microbench_formats", "small_files"}  # format preset's smoke run: tests/test_formats.py
+                       "io_microbench_formats", "small_files", "model_load_ab"}
+    # format preset's smoke run: tests/test_formats.py; model_load_ab's (it needs a model file): tests/test_model_load.py

@@ -74,7 +74,7 @@ def check(spec) -> None:
         if on and spec.pattern in ("metadata", "format_read"):
             raise ConfigError(key, value, f"advises block reads, and pattern={spec.pattern} issues none: "
                                           f"{'hint=none' if key == 'hint' else 'prefetch.blocks=0'}")
-    if spec.prefetch_blocks and (spec.pattern == "replay" or spec.merge_kb is not None):
+    if spec.prefetch_blocks and (spec.pattern == "replay" or spec.merge_kb is not None):  # model_load: contiguous
         raise ConfigError("prefetch.blocks", spec.prefetch_blocks, "follows runs of block_kb reads, and "
                                                                    f"{'pattern=replay' if spec.pattern == 'replay' else 'merge_kb'}"
                                                                    " issues reads of other lengths: set prefetch.blocks=0")
@@ -154,7 +154,7 @@ class Residency:
     def resident_blocks(self, offsets: np.ndarray, block: int) -> int:
         """How many of the blocks at these file offsets are in the page cache in full (mincore counts a
         page once its read completed: a page still being read in is not resident yet)."""
-        lo, hi = int(offsets.min()), int(offsets.max()) + block
+        lo, hi = int(offsets.min()), min(int(offsets.max()) + block, self.off + self.size)  # a short last read
         first = (lo - self.off) // PAGE
         pages = (hi - self.off + PAGE - 1) // PAGE - first
         if _libc.mincore(ctypes.c_void_p(self.addr + first * PAGE), pages * PAGE, self.vec.ctypes.data) != 0:
@@ -198,7 +198,8 @@ class Prefetching:
         return getattr(self.inner, name)
 
     def run(self, offsets, first, count, flags, wchunk, wi, rec_r, rec_w, timed, stop, deadline, lengths=None):
-        # lengths is always None: prefetch is refused where ops vary in length (hints.check)
+        # lengths: None (every op block_size) or pattern=model_load's reads (a tensor's last one shorter);
+        # prefetch is refused with replay and merging (hints.check)
         done_all = n_r_all = n_w_all = 0
         err = ret = 0
         pos, end = first, first + count
@@ -213,21 +214,24 @@ class Prefetching:
             if len(mine) and self.resident is not None:
                 self.used += self.resident.resident_blocks(mine, self.bs)
             done, wi, n_r, n_w, err, ret = self.inner.run(offsets, pos, n, flags, wchunk, wi, rec_r, rec_w,
-                                                          timed, stop, deadline)
-            self._saw(ops[:done], reads[:done])
+                                                          timed, stop, deadline, lengths)
+            self._saw(ops[:done], reads[:done], None if lengths is None else lengths[pos:pos + done])
             done_all, n_r_all, n_w_all, pos = done_all + done, n_r_all + n_r, n_w_all + n_w, pos + done
             if err or done < n:  # an error, the deadline, a stop, or a write chunk used up: the caller decides
                 break
         return done_all, wi, n_r_all, n_w_all, err, ret
 
-    def _saw(self, ops: np.ndarray, reads: np.ndarray) -> None:
-        """Follow the run of sequential reads over the ops just issued (a write breaks it)."""
-        for off, read in zip(ops.tolist(), reads.tolist()):
+    def _saw(self, ops: np.ndarray, reads: np.ndarray, lengths: np.ndarray | None = None) -> None:
+        """Follow the run of sequential reads over the ops just issued (a write breaks it). A read is
+        sequential when it starts where the last one ended (`last` is kept as the offset a block_size
+        read would have had, so a shorter read -- a tensor's tail -- continues the run too)."""
+        sizes = [self.bs] * len(ops) if lengths is None else lengths.tolist()
+        for off, read, size in zip(ops.tolist(), reads.tolist(), sizes):
             if read and self.last is not None and off == self.last + self.bs:
                 self.streak += 1
             else:
                 self.streak = 0
-            self.last = off if read else None
+            self.last = off + size - self.bs if read else None
 
     def _prefetch(self, cursor: int) -> None:
         """Advise WILLNEED over [cursor, cursor + blocks) minus what was advised already."""

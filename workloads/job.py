@@ -83,6 +83,10 @@ def _run_once(spec: Spec, engine, progress) -> Result:
         if result is not None:  # also what an interrupted run measured: say where it ran
             result.warnings[:0] = placement.warnings
             result.info.update(placement.info())
+            if spec.pattern == "model_load":  # what was loaded: tensors, largest and smallest
+                from .model import info as model_info
+
+                result.info.update(model_info(spec))
             if hints.describe(spec):
                 result.info["hint"] = hints.describe(spec)
             if spec.keep_files:

@@ -230,6 +230,12 @@ class Result:
         if "file_bytes" in self.info:  # pattern=format_read: the table files' size on disk
             m["file_mib"] = self.info["file_bytes"] / MIB
         m.update(self.metadata_metrics())
+        if "model_tensors" in self.info:  # pattern=model_load: the window is the load
+            m.update(load_s=el / max(1, len(self.repeat_throughputs)),  # one load's time (repeats: the mean)
+                     load_gb_s=self.bytes_read / 1e9 / el if el > 0 else 0.0,
+                     tensors=float(self.info["model_tensors"]),
+                     tensor_max_mib=self.info["model_tensor_max_bytes"] / MIB,
+                     tensor_min_kib=self.info["model_tensor_min_bytes"] / 1024)
         if "ops_requested" in self.counters and el > 0:  # merge_kb: the pattern's requests served per second
             m["requested_iops"] = self.counters["ops_requested"] / el
         if "replay_late_total_us" in self.counters and total_ops:  # pattern.timing=original

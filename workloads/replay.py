@@ -238,7 +238,7 @@ def check_file(spec: Spec, path: str, size: int) -> None:
 
 def chunks(spec: Spec, chunk_ops: int):
     """(offsets, is_read flags or None, lengths) of the trace in chunks of at most chunk_ops ops."""
-    trace = load(spec.trace, spec.direct)
+    trace = spec._trace()  # replay's trace file, or pattern=model_load's reads of the tensors
     mixed = trace.reads not in (0, len(trace.is_read))
     for start in range(0, len(trace.offsets), chunk_ops):
         end = start + chunk_ops

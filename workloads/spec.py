@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 PATTERNS = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")  # block ops generated from the knobs
-ALL_PATTERNS = PATTERNS + ("replay",)  # replay: the ops of a trace (workloads/replay.py)
+MODEL_LOAD = "model_load"  # the tensors of a safetensors/GGUF file, read as a loader does (workloads/model.py)
+TRACED = ("replay", MODEL_LOAD)  # patterns whose ops are a Trace: offsets and lengths, once, one worker
+ALL_PATTERNS = PATTERNS + TRACED  # replay: the ops of a trace (workloads/replay.py)
 FILE_OP_PATTERNS = ("metadata",)  # ops on files themselves (create, stat, open, unlink): workloads/metadata.py
 FORMAT_READ = "format_read"  # not a block pattern: loads a table file with numpy/pyarrow (workloads/formats.py)
 TABLE_FORMATS = ("binary", "npy", "csv", "parquet")  # data.format of pattern=format_read
@@ -109,10 +111,15 @@ class Spec:
     log_interval_s: float = 1.0
     trace: str | None = None  # pattern=replay: an fio iolog (v2/v3) or a CSV offset,length,op[,time_us]
     timing: str = "asap"  # pattern=replay: one of TIMINGS
+    order: str = "file"  # pattern=model_load: read the tensors in file order or by layer (model.ORDERS)
     merge_kb: int | None = None  # reads: coalesce requests <= merge_kb apart within each batch (None: off)
     merge_batch: int = 32  # ops per batch that merge_kb sorts and coalesces
 
     def _trace(self):
+        if self.pattern == MODEL_LOAD:  # the reads of the model file's tensors, from its header
+            from . import model
+
+            return model.load(self)
         from .replay import load  # parsed once per process (cached by path, size and mtime)
 
         return load(self.trace, self.direct)
@@ -121,7 +128,7 @@ class Spec:
     def variable_lengths(self) -> bool:
         """Ops of different lengths (replay, merging): bytes are counted per op. Otherwise every op is
         block_size bytes and the loops take their fast path (bytes = ops x block_size)."""
-        return self.pattern == "replay" or self.merge_kb is not None
+        return self.pattern in TRACED or self.merge_kb is not None
 
     @property
     def max_op_bytes(self) -> int:
@@ -130,7 +137,7 @@ class Spec:
             from .merge import max_request
 
             return max_request(self)
-        if self.pattern == "replay":
+        if self.pattern in TRACED:
             return max(self._trace().max_length, self.block_size)
         return self.block_size
 
@@ -142,7 +149,7 @@ class Spec:
             from .formats import estimated_bytes
 
             return estimated_bytes(self.data.format, self.data.rows)
-        if self.pattern == "replay":  # its file is laid out that large
+        if self.pattern in TRACED:  # its file is laid out that large (model_load: target=file, the file's own)
             return self._trace().end
         if self.file_bytes is not None:
             return self.file_bytes
@@ -163,13 +170,13 @@ class Spec:
 
     @property
     def reads(self) -> bool:
-        if self.pattern == "replay":
+        if self.pattern in TRACED:
             return self._trace().reads > 0
         return self.pattern in ("seq_read", "rand_read", "mixed", FORMAT_READ)
 
     @property
     def writes(self) -> bool:
-        if self.pattern == "replay":
+        if self.pattern in TRACED:
             return self._trace().writes > 0
         return self.pattern in ("seq_write", "rand_write", "mixed")
 
@@ -207,6 +214,8 @@ class Spec:
         self._check_format_read()
         if self.pattern == "replay":
             self._check_replay()
+        if self.pattern == MODEL_LOAD:
+            self._check_model_load()
         if self.merge_kb is not None:
             from .merge import check
 
@@ -251,7 +260,7 @@ class Spec:
             raise ConfigError("block_kb", self.block_size // 1024,
                               "direct=true needs a multiple of 4 KiB (or set direct=false)")
         self._check_files()
-        if not self.read_only_target and not self.metadata and self.pattern not in (FORMAT_READ, "replay") \
+        if not self.read_only_target and not self.metadata and self.pattern not in (FORMAT_READ, *TRACED) \
                 and self.file_size < self.block_size:  # target=file: resolve() says; replay: the trace sizes it
             raise ConfigError("size_mb", self.size_bytes >> 20,
                               f"too small for writers={self.writers} x block_kb={self.block_size >> 10}: "
@@ -360,3 +369,22 @@ class Spec:
         if self.files_per_writer != 1 or self.file_bytes is not None:
             raise ConfigError("files_per_writer", self.files_per_writer, "pattern=replay replays the trace on one "
                                                                          "file: set files_per_writer=1 and file_kb=null")
+
+    def _check_model_load(self) -> None:
+        """pattern=model_load: one model file on target=file (model.py names what is wrong with it),
+        read once by one worker (a loader)."""
+        from .model import ORDERS
+
+        if self.target != "file":
+            raise ConfigError("target", self.target, "pattern=model_load reads an existing model file: set "
+                                                     "target=file target.path=MODEL.safetensors|MODEL.gguf")
+        if self.order not in ORDERS:
+            raise ConfigError("pattern.order", self.order, "choose one of " + ", ".join(ORDERS))
+        for key, bad, fix in (("writers", self.writers != 1, "a loader is one worker: set writers=1"),
+                              ("duration_s", self.duration_s is not None, "a load reads the file once: "
+                                                                          "set duration_s=null"),
+                              ("pattern.trace", self.trace is not None, "the model's header is the trace: "
+                                                                        "remove pattern.trace")):
+            if bad:
+                raise ConfigError(key, getattr(self, key.split(".")[-1]), f"not with pattern=model_load: {fix}")
+        self._trace()

@@ -47,8 +47,8 @@ class Engine:
             raise ConfigError("direct", True, f"engine={self.name} cannot issue O_DIRECT: set direct=false")
         if spec.writes and not self.writes:
             raise ConfigError("pattern", spec.pattern, f"engine={self.name} cannot write: choose a read pattern")
-        if self.external and spec.pattern == "replay":  # the ops of different lengths are iosweep's own loop
-            raise ConfigError("engine", self.name, "pattern=replay runs in iosweep's engines: choose engine=sync, "
+        if self.external and spec.pattern in ("replay", "model_load"):  # ops of different lengths: our own loop
+            raise ConfigError("engine", self.name, f"pattern={spec.pattern} runs in iosweep's engines: choose engine=sync, "
                                                    "uring or mmap")
         if self.external and spec.merge_kb is not None:
             raise ConfigError("merge_kb", spec.merge_kb, f"engine={self.name} does not merge requests: choose "

@@ -118,6 +118,11 @@ def resolve(spec: Spec) -> Spec:
                                                      "trace of one: point target.path at that file")
         check_file(spec, str(files[0][0]), files[0][1])
         return spec
+    if spec.pattern == "model_load":  # model.py parsed the file's header and checked its tensors lie inside it
+        if len(files) != 1:
+            raise ConfigError(KEY, spec.target_path, f"names {len(files)} files and pattern=model_load loads one "
+                                                     "model file: point target.path at it")
+        return spec
     return dataclasses.replace(spec, size_bytes=share_of(spec, files) * spec.writers)
 
 
@@ -171,11 +176,12 @@ class FileTarget:
         if not self.does_io:  # the null engine: checked, nothing opened
             return placement
         share = spec.file_size
-        placement.regions = regions(files, spec.block_size, share, spec.writers) if spec.pattern != "replay" \
-            else [[(files[0][0], 0, share)]]  # replay: the trace's offsets are the file's own
+        traced = spec.pattern in ("replay", "model_load")  # the trace's offsets are the file's own
+        placement.regions = regions(files, spec.block_size, share, spec.writers) if not traced \
+            else [[(files[0][0], 0, files[0][1] if spec.pattern == "model_load" else share)]]
         placement.sources = list(dict.fromkeys(p for extents in placement.regions for p, _, _ in extents))
         total, read = sum(size for _, size in files), share * spec.writers
-        if total > read and spec.pattern != "replay":  # a trace reads what it reads
+        if total > read and not traced:  # a trace reads what it reads
             tails = sum(size % spec.block_size for _, size in files)
             why = ([f"{tails} in file tails shorter than block_kb={spec.block_size >> 10}"] if tails else []) + \
                 ([f"{total - read - tails} beyond the cap or the even split over writers={spec.writers}"]
