@@ -76,7 +76,7 @@ def sha(path):
 
 
 @pytest.mark.parametrize("fmt", ["safetensors", "gguf"])
-@pytest.mark.parametrize("engine,access", [("sync", None), ("uring", None), ("mmap", "touch")])
+@pytest.mark.parametrize("engine,access", [("sync", None), ("uring", None), ("mmap", "touch"), ("fio", None)])
 def test_a_load_reads_every_tensors_bytes_and_leaves_the_file_unchanged(fmt, engine, access, request):
     path, arrays = request.getfixturevalue(f"{fmt}_file")
     before = sha(path)

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 
+import numpy as np
 import pytest
 
 from conftest import mlflow_runs, run_cli
@@ -103,12 +104,46 @@ def test_a_log_fio_wrote_replays_with_fios_ops_and_bytes(tmp_path):
     assert lines[0] == "fio version 3 iolog"
     v2 = tmp_path / "fio_v2.log"
     v2.write_text("fio version 2 iolog\n" + "".join(line.split(" ", 1)[1] + "\n" for line in lines[1:]))
-    for trace, engine in ((log, "sync"), (v2, "uring"), (log, "mmap")):
+    for trace, engine in ((log, "sync"), (v2, "uring"), (log, "mmap"), (log, "fio"), (v2, "fio")):
         r = run(replay_spec(tmp_path / engine, trace, engine=engine))
         assert (r.ops_read, r.bytes_read, r.ops_written) == (fio_ops, fio_bytes, 0), trace
     # and the file fio read, read in place
-    r = run(replay_spec(tmp_path, log, target="file", target_path=str(f), size_bytes=None))
-    assert (r.ops_read, r.bytes_read) == (fio_ops, fio_bytes)
+    for engine in ("sync", "fio"):
+        r = run(replay_spec(tmp_path, log, target="file", target_path=str(f), size_bytes=None, engine=engine))
+        assert (r.ops_read, r.bytes_read) == (fio_ops, fio_bytes), engine
+
+
+def test_fio_gets_the_trace_as_an_iolog_with_its_waits():
+    """engine=fio replays through read_iolog: iosweep writes the parsed trace as a v2 iolog on the replayed
+    file, with `wait` lines (µs) only when timing=original."""
+    from workloads.engines.fio import iolog_v2
+    from workloads.replay import Trace
+
+    trace = Trace(offsets=np.array([0, 8192]), lengths=np.array([4096, 1000]), is_read=np.array([True, False]),
+                  times_ns=np.array([0, 2_500_000]), lines=np.array([1, 2]))
+    assert iolog_v2(trace, "/s/job0.dat", timed=True).splitlines() == [
+        "fio version 2 iolog", "/s/job0.dat add", "/s/job0.dat open", "/s/job0.dat read 0 4096",
+        "/s/job0.dat wait 2500 0", "/s/job0.dat write 8192 1000", "/s/job0.dat close"]
+    assert "wait" not in iolog_v2(trace, "/s/job0.dat", timed=False)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("timing", ["asap", "original"])
+def test_fio_replays_the_same_ops_and_keeps_the_traces_times(tmp_path, timing):
+    """The same mixed trace through fio and through iosweep's sync engine: the same ops and bytes each way;
+    with timing=original fio holds the ops to the trace's 300 ms span, with asap it does not."""
+    ops = [(o, n, op, i * 60_000) for i, (o, n, op) in enumerate(MIXED)]  # 0..300 ms
+    trace = tmp_path / "t.csv"
+    trace.write_text("".join(f"{o},{n},{op},{t}\n" for o, n, op, t in ops))
+    fio_run = run(replay_spec(tmp_path / "f", trace, engine="fio", timing=timing))
+    mine = run(replay_spec(tmp_path / "s", trace, engine="sync", timing=timing))
+    for r in (fio_run, mine):
+        assert (r.ops_read, r.ops_written) == (4, 2)
+        assert (r.bytes_read, r.bytes_written) == (4096 + 12288 + 1000 + 65536, 16384 + 8192)
+    if timing == "original":
+        assert fio_run.elapsed_s >= 0.29 and mine.elapsed_s >= 0.29
+    else:
+        assert fio_run.elapsed_s < 0.25
 
 
 BAD_TRACES = [  # (text or None = missing, what the one line must name)
@@ -155,7 +190,7 @@ def test_what_a_replay_cannot_do_is_refused_before_any_io(tmp_path):
         (dict(trace=reads, timing="original"), "pattern.timing", "no times"),
         (dict(trace=reads, timing="soon"), "pattern.timing", "asap"),
         (dict(trace=unaligned, direct=True), "pattern.trace", "u.csv:3"),
-        (dict(trace=reads, engine="fio"), "engine", "sync"),
+        (dict(trace=reads, engine="fio", merge_kb=0), "merge_kb", "does not merge"),
         (dict(trace=None), "pattern.trace", "needs a trace"),
     ]
     for kw, key, says in cases:

@@ -28,6 +28,7 @@ class Engine:
     queue_depth = False  # keeps more than one op in flight (iodepth > 1)
     direct_io = True  # can issue O_DIRECT
     writes = True  # can write
+    replays = False  # external: can issue a trace's ops of different lengths (fio: read_iolog)
     io_mode: str | None = None  # what Result.io_mode says instead of the target's "buffered" (mmap)
 
     def issuer(self, spec, fd: int, base: int, length: int | None = None) -> "Issuer":
@@ -47,7 +48,7 @@ class Engine:
             raise ConfigError("direct", True, f"engine={self.name} cannot issue O_DIRECT: set direct=false")
         if spec.writes and not self.writes:
             raise ConfigError("pattern", spec.pattern, f"engine={self.name} cannot write: choose a read pattern")
-        if self.external and spec.pattern in ("replay", "model_load"):  # ops of different lengths: our own loop
+        if self.external and spec.pattern in ("replay", "model_load") and not self.replays:
             raise ConfigError("engine", self.name, f"pattern={spec.pattern} runs in iosweep's engines: choose engine=sync, "
                                                    "uring or mmap")
         if self.external and spec.merge_kb is not None:

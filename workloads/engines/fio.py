@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import ConfigError, WorkloadError
 from ..hints import FIO_FADVISE
 from ..metrics import MIB, LatencyHistogram, Result
-from ..spec import FIO_IOENGINES, Spec
+from ..spec import FIO_IOENGINES, TRACED, Spec
 from .base import Engine, register
 
 RW = {"seq_write": "write", "seq_read": "read", "rand_read": "randread", "rand_write": "randwrite",
@@ -72,8 +72,16 @@ def job_file(spec: Spec, placement, logs: Path) -> str:
         if spec.file_bytes is not None:
             where.append(("filesize", spec.per_file))
     log = fio_path("TMPDIR", logs / LOG_PREFIX)
-    options = [("ioengine", ioengine), ("iodepth", spec.iodepth), ("rw", RW[spec.pattern]),
-               ("bs", spec.block_size), ("size", spec.file_size), ("numjobs", spec.writers), *where,
+    if spec.pattern in TRACED:  # the trace's ops, as an iolog fio replays on the same file (one job)
+        path = placement.shared_path or placement.worker_path(0)
+        iolog = logs / "replay.iolog"
+        iolog.write_text(iolog_v2(spec._trace(), fio_path("target.path", path), spec.timing == "original"))
+        what = [("filename", fio_path("target.path", path)), ("read_iolog", fio_path("TMPDIR", iolog)),
+                ("replay_no_stall", int(spec.timing != "original"))]
+    else:
+        what = [("rw", RW[spec.pattern]), ("bs", spec.block_size), ("size", spec.file_size),
+                ("numjobs", spec.writers), *where]
+    options = [("ioengine", ioengine), ("iodepth", spec.iodepth), *what,
                ("direct", int(spec.direct)), ("invalidate", 0),  # iosweep evicts (cache=...) itself
                ("fallocate", "none"),  # iosweep's own engines do not preallocate either
                ("group_reporting", 1), ("percentile_list", "50:90:99:99.9"), ("randseed", spec.seed + 1),
@@ -98,6 +106,23 @@ def job_file(spec: Spec, placement, logs: Path) -> str:
     if not spec.latency:
         options += [("disable_lat", 1), ("disable_clat", 1), ("disable_slat", 1)]
     return "\n".join(["[global]", *_render(options), "", "[iosweep]", ""])
+
+
+def iolog_v2(trace, path: str, timed: bool) -> str:
+    """The trace as an fio iolog v2 on `path` (a path fio_path accepted: no blanks or newlines in it);
+    timed: `wait` lines (microseconds) between ops hold the trace's times, as fio's own v2 logs do."""
+    lines = ["fio version 2 iolog", f"{path} add", f"{path} open"]
+    last_us = 0
+    for i, (off, length, read) in enumerate(zip(trace.offsets.tolist(), trace.lengths.tolist(),
+                                                trace.is_read.tolist())):
+        if timed and trace.times_ns is not None:
+            at_us = int(trace.times_ns[i]) // 1000
+            if at_us > last_us:
+                lines.append(f"{path} wait {at_us - last_us} 0")
+                last_us = at_us
+        lines.append(f"{path} {'read' if read else 'write'} {off} {length}")
+    lines.append(f"{path} close")
+    return "\n".join(lines) + "\n"
 
 
 def command(spec: Spec, job_path: Path) -> list[str]:
@@ -140,6 +165,7 @@ def timeseries(logs: Path, spec: Spec) -> list[dict]:
 class FioEngine(Engine):
     name = "fio"
     external = True
+    replays = True  # a trace's ops (replay, model_load) through read_iolog
     queue_depth = True  # passed through as fio's iodepth, for an async engine.ioengine
 
     def check(self, spec: Spec) -> None:
