@@ -41,7 +41,10 @@ PUBLISHING = "iosweep.publishing"  # on a run from create_run until it is comple
 PROBE_TIMEOUT_S = 3.0
 # MLflow retries an HTTP call 7 times with back-off, 120 s each: minutes per call to a dead server.
 # Ours are set unless the user set them; the probe below catches a dead server before any call.
-HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10"}
+HTTP_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+               # with tqdm installed MLflow draws a progress bar per artifact download on stderr, which
+               # would bury reproduce's one-line errors (a user's own setting wins: setdefault)
+               "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 _PROBED: dict[str, str | None] = {}  # tracking URI -> why it is unreachable (None: it answered)
 _REAPED: set[str] = set()  # tracking URIs this process already searched for dead processes' runs
 
