@@ -217,3 +217,16 @@ def test_replay_from_the_command_line(tmp_path):
     err = p.stderr.strip()
     assert p.returncode == 2 and err.count("\n") == 0 and "bad.csv:2" in err and "Traceback" not in err, err
     assert mlflow_runs(tmp_path / "b")[1] == []
+
+
+def test_fio_replay_refuses_a_file_whose_path_has_a_blank(tmp_path):
+    """The job file takes a path with spaces; fio's iolog lines do not (they split at blanks)."""
+    spaced = tmp_path / "my data"
+    spaced.mkdir()
+    (spaced / "f.bin").write_bytes(b"\0" * 8192)
+    trace = csv_trace(tmp_path / "r.csv", [(0, 4096, "read")])
+    with pytest.raises(ConfigError) as e:
+        run(replay_spec(tmp_path, trace, engine="fio", target="file", target_path=str(spaced / "f.bin"),
+                        size_bytes=None))
+    assert e.value.key == "target.path" and "splits its lines at blanks" in str(e.value)
+    assert (spaced / "f.bin").read_bytes() == b"\0" * 8192

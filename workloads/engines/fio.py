@@ -74,6 +74,9 @@ def job_file(spec: Spec, placement, logs: Path) -> str:
     log = fio_path("TMPDIR", logs / LOG_PREFIX)
     if spec.pattern in TRACED:  # the trace's ops, as an iolog fio replays on the same file (one job)
         path = placement.shared_path or placement.worker_path(0)
+        if any(c.isspace() for c in str(path)):  # an iolog line is blank-separated fields
+            raise ConfigError("target.path" if placement.shared_path else "target.dir", str(path),
+                              "fio's iolog splits its lines at blanks: use a path without spaces, or engine=sync")
         iolog = logs / "replay.iolog"
         iolog.write_text(iolog_v2(spec._trace(), fio_path("target.path", path), spec.timing == "original"))
         what = [("filename", fio_path("target.path", path)), ("read_iolog", fio_path("TMPDIR", iolog)),
