@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import ROOT, mlflow_runs, run_cli
-from workloads import ConfigError, Spec, worker_loop
+from workloads import ConfigError, DataSpec, Spec, worker_loop
 from workloads import hints
 from workloads.engines import get as engine
 from workloads.engines.fio import job_file
@@ -245,3 +245,13 @@ def test_the_sweep_summary_csv_carries_the_device_columns(tmp_path):
     assert [(r["hint"], r["device_read_req_kb"], r["device_read_merges"]) for r in got] == \
         [("none", "3855.0", "0.0"), ("random", "64.0", "0.0")]
     assert "prefetch_used" not in got[0]  # only the columns the points have
+
+
+@pytest.mark.parametrize("pattern, extra", [("metadata", {}),
+                                            ("format_read", {"data": DataSpec(format="csv", rows=10)})])
+@pytest.mark.parametrize("key, kw", [("hint", {"hint": "random"}), ("prefetch.blocks", {"prefetch_blocks": 8})])
+def test_patterns_without_block_reads_refuse_advice_saying_so(pattern, extra, key, kw):
+    """metadata and format_read issue no block reads to advise: the line says that (not "only writes")."""
+    with pytest.raises(ConfigError) as e:
+        Spec(pattern=pattern, **extra, **kw).check()
+    assert e.value.key == key and f"pattern={pattern} issues none" in str(e.value), str(e.value)

@@ -57,6 +57,8 @@ def check(spec) -> None:
         if not used:
             continue
         off = "hint=none" if key == "hint" else "prefetch.blocks=0"
+        if spec.pattern in ("metadata", "format_read"):
+            raise ConfigError(key, value, f"advises block reads, and pattern={spec.pattern} issues none: set {off}")
         if not spec.reads:
             raise ConfigError(key, value, f"read-ahead applies to reads only and pattern={spec.pattern} only "
                                           f"writes: choose a read pattern or set {off}")
@@ -69,11 +71,6 @@ def check(spec) -> None:
         raise ConfigError("hint", spec.hint, "engine=fio cannot express it (fio's fadvise_hint takes only "
                                              "0|1|sequential|random): choose hint=normal, sequential or random, "
                                              "or engine=sync")
-    for key, value, on in (("hint", spec.hint, spec.hint != "none"),
-                           ("prefetch.blocks", spec.prefetch_blocks, spec.prefetch_blocks > 0)):
-        if on and spec.pattern in ("metadata", "format_read"):
-            raise ConfigError(key, value, f"advises block reads, and pattern={spec.pattern} issues none: "
-                                          f"{'hint=none' if key == 'hint' else 'prefetch.blocks=0'}")
     if spec.prefetch_blocks and (spec.pattern == "replay" or spec.merge_kb is not None):  # model_load: contiguous
         raise ConfigError("prefetch.blocks", spec.prefetch_blocks, "follows runs of block_kb reads, and "
                                                                    f"{'pattern=replay' if spec.pattern == 'replay' else 'merge_kb'}"
