@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .spec import Spec
+from .spec import TRACED, Spec
 
 CHUNK_OPS = 1 << 16
 PERMUTATION_LIMIT = 1 << 25  # 32 Mi blocks = 256 MiB of int64 indices
@@ -36,7 +36,7 @@ def extent_chunks(spec: Spec, worker: int, extents: list[int]) \
     the pattern's order within it. One extent is op_chunks; several are target=file over several files.
     lengths: None when every op is block_size bytes (every pattern but replay), else int64 bytes per op.
     """
-    if spec.pattern in ("replay", "model_load"):  # the trace's ops, in its order, once (writers=1: one extent)
+    if spec.pattern in TRACED:  # the trace's ops, in its order, once (writers=1: one extent)
         from .replay import chunks
 
         for offsets, flags, lengths in chunks(spec, CHUNK_OPS):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 
 from ..errors import ConfigError
+from ..spec import TRACED
 
 REGISTRY: dict[str, "Engine"] = {}
 
@@ -48,7 +49,7 @@ class Engine:
             raise ConfigError("direct", True, f"engine={self.name} cannot issue O_DIRECT: set direct=false")
         if spec.writes and not self.writes:
             raise ConfigError("pattern", spec.pattern, f"engine={self.name} cannot write: choose a read pattern")
-        if self.external and spec.pattern in ("replay", "model_load") and not self.replays:
+        if self.external and spec.pattern in TRACED and not self.replays:
             raise ConfigError("engine", self.name, f"pattern={spec.pattern} runs in iosweep's engines: choose engine=sync, "
                                                    "uring or mmap")
         if self.external and spec.merge_kb is not None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..spec import Spec
+from ..spec import TRACED, Spec
 from .base import Placement, block_device, mount_of, register
 
 GLOB_CHARS = "*?["
@@ -176,7 +176,7 @@ class FileTarget:
         if not self.does_io:  # the null engine: checked, nothing opened
             return placement
         share = spec.file_size
-        traced = spec.pattern in ("replay", "model_load")  # the trace's offsets are the file's own
+        traced = spec.pattern in TRACED  # the trace's offsets are the file's own
         placement.regions = regions(files, spec.block_size, share, spec.writers) if not traced \
             else [[(files[0][0], 0, files[0][1] if spec.pattern == "model_load" else share)]]
         placement.sources = list(dict.fromkeys(p for extents in placement.regions for p, _, _ in extents))
