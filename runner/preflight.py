@@ -203,7 +203,7 @@ def check_values(cfg, overrides: list, first_values: list[str], multirun: bool) 
     setup_globals()
     overrides, first_values = list(overrides), list(first_values)
     given = {o.key_or_group for o in overrides}
-    params = OmegaConf.select(cfg, "hydra.sweeper.params") if multirun else None
+    params = sweep_params(cfg) if multirun else None
     swept = [f"{k}={v}" for k, v in (params or {}).items() if k not in given]  # a preset's sweep
     if swept:
         extra = OverridesParser.create().parse_overrides(swept)
@@ -225,6 +225,25 @@ def check_values(cfg, overrides: list, first_values: list[str], multirun: bool) 
                 except Exception:
                     continue  # that value does not compose: its point fails by itself
     raise UserError(secrets.mask_text(str(error)))
+
+
+def sweep_params(cfg) -> dict:
+    """The grid a preset sweeps: hydra.sweeper.params, or with hydra/sweeper=studies its first
+    study's (the shared params, then the study's own, and its label): its first point is the one
+    checked here; a study whose points all fail shows them as FAILED children."""
+    sweeper = OmegaConf.select(cfg, "hydra.sweeper")
+    params = dict(OmegaConf.select(cfg, "hydra.sweeper.params") or {})
+    studies = OmegaConf.select(sweeper, "studies") if sweeper is not None else None
+    if not studies:
+        return params
+    from hydra.errors import HydraException
+    from hydra_plugins.iosweep_studies import selected_studies, study_overrides
+
+    try:
+        name, grid = next(iter(selected_studies(studies, OmegaConf.select(sweeper, "only")).items()))
+    except HydraException as e:  # hydra.sweeper.only names no study
+        raise UserError(str(e)) from None
+    return dict(o.split("=", 1) for o in study_overrides(params, grid, name))
 
 
 def refuse_used_output_dir(cfg, key: str) -> None:

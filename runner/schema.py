@@ -95,6 +95,7 @@ class IosweepConfig:
     latency: Any = True
     seed: Any = 0
     trial: Any = 0
+    study: Any = None  # a label: the named grid of a hydra/sweeper=studies sweep
     keep_files: Any = False
     log_interval_s: Any = 1.0
     objective: str = "throughput_mib_s"  # a metric name: what the task function returns

@@ -30,7 +30,7 @@ def metric_key(text: str) -> str:
 # Keys that label a run without changing what it measures: sweeping trial=1,2,3 measures the same
 # points again (interleaved). They are columns of the table, never axes of a finding or a plot; a
 # point's trials are aggregated (median, with their range). `seed` is a knob (offsets, data): an axis.
-LABELS = ("trial",)
+LABELS = ("trial", "study")
 
 
 def varying_keys(points: list[dict]) -> list[str]:
@@ -40,6 +40,15 @@ def varying_keys(points: list[dict]) -> list[str]:
         for k, v in overrides_dict(p).items():
             values.setdefault(k, set()).add(v)
     return [k for k, vs in values.items() if len(vs) > 1 or any(k not in overrides_dict(p) for p in points)]
+
+
+def by_study(points: list[dict]) -> list[tuple[str | None, list[dict]]]:
+    """The points of each study of a hydra/sweeper=studies sweep (label `study=NAME`), in run order;
+    [(None, points)] for a plain grid. Each study is a grid of its own: its table, findings and plots."""
+    groups: dict[str | None, list[dict]] = {}
+    for p in points:
+        groups.setdefault(overrides_dict(p).get("study"), []).append(p)
+    return list(groups.items()) if len(groups) > 1 or None not in groups else [(None, points)]
 
 
 def varying_axes(points: list[dict]) -> list[str]:
@@ -352,6 +361,24 @@ def littles_law(series: list[tuple[float, dict]]) -> list[str]:
     return out
 
 
+def axis_ratios(table: list[dict], axes: list[str], axis: str) -> list[str]:
+    """Each value of `axis` against its first value (engine=mmap against engine=sync, target=tmpfs
+    against target=local): the median of the throughput ratios over points that match on every other
+    axis, from valid runs."""
+    others = [a for a in axes if a != axis]
+    by_key: dict[tuple, dict[str, float]] = {}  # the other axes' values -> axis value -> MiB/s
+    for r in aggregate(table):
+        by_key.setdefault(tuple(r[a] for a in others), {})[r[axis]] = r["throughput_mib_s"]
+    values = list(dict.fromkeys(r[axis] for r in _finished(table)))
+    out = []
+    for value in values[1:]:
+        ratios = [v[value] / v[values[0]] for v in by_key.values() if value in v and v.get(values[0], 0) > 0]
+        if ratios:
+            out.append(f"{axis}={value} is {np.median(ratios):.2f}x {axis}={values[0]} throughput (median over "
+                       f"{len(ratios)} matched points, range {min(ratios):.2f}-{max(ratios):.2f})")
+    return out
+
+
 def format_ratios(table: list[dict], axes: list[str]) -> list[str]:
     """pattern=format_read swept over data.format: each format's decoded rows/s against binary's
     (the raw array: the fastest a table can be read) at the same other axes, from valid runs."""
@@ -481,6 +508,9 @@ def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[
             speedups = [v[seq] / v[rnd] for v in by_key.values() if seq in v and rnd in v and v[rnd] > 0]
             if speedups:
                 out.append(f"{seq} is {np.median(speedups):.1f}x {rnd} (median over {len(speedups)} matched points)")
+    for axis in ("engine", "target"):  # the notebook's mmap-vs-read and storage-type comparisons
+        if axis in axes and not (axis == "engine" and any(r[axis] == "fio" for r in table)):  # fio: engine_ratios
+            out += axis_ratios(table, axes, axis)
     if "data.format" in axes:
         out += format_ratios(table, axes)
     out += load_ratios(table, axes)

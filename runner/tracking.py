@@ -543,17 +543,28 @@ class SweepCallback(Callback):
         unpublished = [p for p in points if p["result_id"] and not p["run_id"]]
         failed = [p for p in points if p["status"] != "FINISHED"]
         axes, table = summary.rows(points)
-        ratios = summary.engine_ratios(points)
-        notes = summary.findings(axes, table, ratios)
-        try:
-            pngs = summary.plots(axes, table, self.sweep_dir)
-        except Exception as e:  # a plot must never cost the sweep its summary
-            pngs = []
-            notes.append(f"plots failed: {e}")
-        md = summary.markdown_table(axes, table)
-        ratio_md = summary.ratio_table(ratios) if ratios else ""
-        text = (f"# Sweep {parent or self.sweep_dir}\n\n{md}\n\n## Findings\n\n" + "\n".join(f"- {n}" for n in notes)
-                + "\n" + (f"\n## Throughput relative to fio (goal >= 0.95)\n\n{ratio_md}" if ratios else ""))
+        notes, ratios, pngs, sections = [], [], [], []
+        for study, group in summary.by_study(points):  # hydra/sweeper=studies: each grid on its own
+            s_axes, s_table = (axes, table) if study is None else summary.rows(group)
+            s_ratios = summary.engine_ratios(group)
+            s_notes = summary.findings(s_axes, s_table, s_ratios)
+            try:
+                out_dir = self.sweep_dir if study is None else self.sweep_dir / f"study_{study}"
+                out_dir.mkdir(exist_ok=True)
+                pngs += summary.plots(s_axes, s_table, out_dir)
+            except Exception as e:  # a plot must never cost the sweep its summary
+                s_notes.append(f"plots failed: {e}")
+            md = summary.markdown_table(s_axes, s_table)
+            ratio_md = summary.ratio_table(s_ratios) if s_ratios else ""
+            ratio_md = f"\n\nThroughput relative to fio (goal >= 0.95):\n\n{ratio_md}" if s_ratios else ""
+            sections.append((study, md, s_notes, ratio_md))
+            notes += [n if study is None else f"study {study}: {n}" for n in s_notes]
+            ratios += s_ratios
+        text = f"# Sweep {parent or self.sweep_dir}\n"
+        for study, md, s_notes, ratio_md in sections:
+            head = "" if study is None else f"\n## Study {study}\n"
+            text += (f"{head}\n{md}\n\n{'###' if study else '##'} Findings\n\n" + "\n".join(f"- {n}" for n in s_notes)
+                     + "\n" + ratio_md)
         try:
             (self.sweep_dir / "summary.md").write_text(secrets.mask_file_text("summary.md", text))
             summary.write_csv(self.sweep_dir / "summary.csv", axes, table)
@@ -562,9 +573,9 @@ class SweepCallback(Callback):
         except OSError as e:  # e.g. a full disk: the terminal and the parent run still get the summary
             print(f"iosweep: error: {self.sweep_dir}: summary files not written ({e.strerror or e})",
                   file=sys.stderr, flush=True)
-        print(secrets.mask_text("\n" + md + "\n\n" + "\n".join(f"  * {n}" for n in notes)), flush=True)
-        if ratios:
-            print("\niosweep: throughput relative to fio at the same point (goal >= 0.95)\n" + ratio_md, flush=True)
+        for study, md, s_notes, ratio_md in sections:
+            print(secrets.mask_text(("" if study is None else f"\niosweep: study {study}") + "\n" + md + "\n\n"
+                                    + "\n".join(f"  * {n}" for n in s_notes) + ratio_md), flush=True)
         print(f"iosweep: sweep dir {self.sweep_dir.absolute()}"
               + (f", MLflow parent run {parent} ({tracking_uri()})" if parent else " (no MLflow parent run)"),
               flush=True)
@@ -603,8 +614,9 @@ class SweepCallback(Callback):
             c.log_batch(parent, metrics=batch, tags=tags)
             tags = []
         for path in [self.sweep_dir / "summary.md", self.sweep_dir / "summary.csv", *pngs]:
-            if path.exists():
-                c.log_artifact(parent, str(path))
+            if path.exists():  # a study's plots under study_<name>/, as in the sweep dir
+                folder = path.parent.relative_to(self.sweep_dir).as_posix()
+                c.log_artifact(parent, str(path), artifact_path=None if folder == "." else folder)
         c.set_terminated(parent, status)
 
 
