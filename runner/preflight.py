@@ -62,6 +62,9 @@ def check(args: list[str]) -> None:
     for o in overrides:
         key = o.key_or_group
         if key.startswith("hydra"):
+            if o.is_sweep_override() and key.startswith("hydra."):  # Hydra: "Sweeping over Hydra's configuration…"
+                raise UserError(f"{key}: Hydra's own settings take one value, not a sweep; to give a grid its "
+                                f"values quote them as one string: {key}='{','.join(o.sweep_string_iterator())}'")
             first_values.append(first_value(o))  # hydra.job.chdir, hydra.run.dir…: checked once composed
             continue
         values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
@@ -233,9 +236,9 @@ def sweep_params(cfg) -> dict:
     checked here; a study whose points all fail shows them as FAILED children."""
     sweeper = OmegaConf.select(cfg, "hydra.sweeper")
     params = dict(OmegaConf.select(cfg, "hydra.sweeper.params") or {})
-    studies = OmegaConf.select(sweeper, "studies") if sweeper is not None else None
-    if not studies:
+    if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith(".StudiesSweeper"):
         return params
+    studies = OmegaConf.select(sweeper, "studies")
     from hydra.errors import HydraException
     from hydra_plugins.iosweep_studies import selected_studies, study_overrides
 

@@ -101,7 +101,21 @@ class IosweepConfig:
     objective: str = "throughput_mib_s"  # a metric name: what the task function returns
 
 
+def expose_hydra_plugins() -> None:
+    """Hydra finds sweepers by listing the `hydra_plugins` namespace on disk. An editable install
+    (setuptools >= 64) serves this project through an import hook that cannot be listed
+    (hydra issue 2359), so hydra/sweeper=studies would be unknown: put the checkout's root, which
+    holds hydra_plugins/iosweep_studies, on sys.path. An installed copy sits in site-packages,
+    already on it. Must run before Hydra's first plugin scan (Plugins.instance())."""
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    if (root / "hydra_plugins" / "iosweep_studies").is_dir() and str(root) not in sys.path:
+        sys.path.append(str(root))
+
+
 def register() -> None:
+    expose_hydra_plugins()
     ConfigStore.instance().store(name="iosweep_schema", node=IosweepConfig)
     from omegaconf import OmegaConf
 

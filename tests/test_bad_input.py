@@ -109,6 +109,14 @@ PREFLIGHT_BAD = [  # issue 9: (command line, what the one line says); all refuse
     (["-m", "hydra/launcher=joblib", "block_kb=4,8"], JOBLIB),
     (["-m", "hydra/launcher=submitit_local"], "hydra/launcher=submitit_local: runs sweep points at the same time"),
     (["-m", "hydra.launcher._target_=x.JoblibLauncher"], "hydra.launcher._target_=x.JoblibLauncher: runs sweep"),
+    # hydra/sweeper=studies (experiment=io_microbench): a study that does not exist, no study at all, and a grid
+    # given to a study unquoted (Hydra: "Sweeping over Hydra's configuration is not supported", a traceback hint)
+    (["-m", "experiment=io_microbench", "hydra.sweeper.only=[blocks,nope]"],
+     "hydra.sweeper.only=nope: no such study; choose from blocks, mmap, storage, small_files, formats"),
+    (["-m", "hydra/sweeper=studies"], "hydra.sweeper.studies: no study; give at least one named grid"),
+    (["-m", "experiment=io_microbench", "hydra.sweeper.studies.blocks.block_kb=4,64"],
+     "hydra.sweeper.studies.blocks.block_kb: Hydra's own settings take one value, not a sweep; to give a grid its "
+     "values quote them as one string: hydra.sweeper.studies.blocks.block_kb='4,64'"),
 ]
 
 
@@ -126,6 +134,7 @@ def test_preflight_refuses_in_one_line(tmp_path, monkeypatch, args, says):
     ["hydra/launcher=basic"], ["hydra.job.chdir=false"], ["--cfg", "job", "block_kb=4"], ["duration_s=604800"],
     ["-m", "trial=${nope},1"],  # only some points have it: they fail alone, as FAILED children
     ["-m", "block_kb=abc,4"], ["-m", "experiment=io_microbench"], ["trial=${oc.env:HOME}"],
+    ["-m", "experiment=io_microbench", "hydra.sweeper.only=[formats]", "hydra.sweeper.studies.formats.data.rows=100"],
 ])
 def test_preflight_lets_good_and_partly_good_sweeps_through(tmp_path, monkeypatch, args):
     monkeypatch.chdir(tmp_path)

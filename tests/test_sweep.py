@@ -116,8 +116,6 @@ def test_every_run_carries_provenance(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset, smoke", [
-    ("io_microbench", ["hydra.sweeper.params.block_kb='4,4096'", "hydra.sweeper.params.size_mb='16'",
-                       "hydra.sweeper.params.writers='1,2'", "repeats=2"]),
     ("write_scaling", ["hydra.sweeper.params.block_kb='4096'", "hydra.sweeper.params.writers='1,2'",
                        "size_mb=16"]),
     ("fio_parity", ["hydra.sweeper.params.point='rand_read_4k_direct,seq_write_1m_direct'",
@@ -146,4 +144,5 @@ def test_every_preset_is_covered_by_the_smoke_test():
     presets = {p.stem for p in (CONF / "experiment").glob("*.yaml")}
     assert presets == {"io_microbench", "write_scaling", "fio_parity", "qd_parity", "mmap_parity", "readahead_ab",
                        "io_microbench_formats", "small_files", "model_load_ab"}
-    # format preset's smoke run: tests/test_formats.py; model_load_ab's (it needs a model file): tests/test_model_load.py
+    # io_microbench's smoke run (every study): tests/test_studies.py; the format preset's: tests/test_formats.py;
+    # model_load_ab's (it needs a model file): tests/test_model_load.py

@@ -74,6 +74,16 @@ def study_overrides(shared: Optional[dict], study: Optional[dict], name: str) ->
     return [f"study={name}"] + [f"{k}={v}" for k, v in merged.items()]
 
 
+def jobs(parser: OverridesParser, shared: Optional[dict], studies: Dict[str, dict],
+         arguments: List[str]) -> List[List[str]]:
+    """Every point's overrides: each study's grid (its product, as the basic sweeper makes it) in turn."""
+    out: List[List[str]] = []
+    for name, grid in studies.items():
+        overrides = parser.parse_overrides(study_overrides(shared, grid, name) + list(arguments))
+        out += BasicSweeper.split_arguments(overrides, None)[0]
+    return out
+
+
 class StudiesSweeper(BasicSweeper):
     def __init__(self, max_batch_size: Optional[int] = None, params: Optional[Dict[str, str]] = None,
                  studies: Optional[Dict[str, Dict[str, Any]]] = None, only: Optional[List[str]] = None) -> None:
@@ -83,11 +93,8 @@ class StudiesSweeper(BasicSweeper):
     def sweep(self, arguments: List[str]) -> Any:
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        jobs: List[List[str]] = []
-        for name, grid in self.studies.items():
-            overrides = parser.parse_overrides(study_overrides(self.params, grid, name) + list(arguments))
-            jobs += self.split_arguments(overrides, None)[0]
-        self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
+        all_jobs = jobs(parser, self.params, self.studies, arguments)
+        self.overrides = list(self.split_overrides_to_chunks(all_jobs, self.max_batch_size))
 
         sweep_dir = Path(self.config.hydra.sweep.dir)  # as the basic sweeper: the sweep's config beside its jobs
         sweep_dir.mkdir(parents=True, exist_ok=True)
