@@ -206,8 +206,14 @@ def check_values(cfg, overrides: list, first_values: list[str], multirun: bool) 
     setup_globals()
     overrides, first_values = list(overrides), list(first_values)
     given = {o.key_or_group for o in overrides}
-    params = sweep_params(cfg) if multirun else None
-    swept = [f"{k}={v}" for k, v in (params or {}).items() if k not in given]  # a preset's sweep
+    grids = sweep_grids(cfg) if multirun else [{}]
+    for grid in grids[1:]:  # later studies: a key that does not compose would stop the sweep mid-way
+        try:
+            parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in grid.items() if k not in given])
+            composed([first_value(o) for o in parsed] + first_values)
+        except Exception as e:
+            raise UserError(f"study {grid.get('study')}: {describe(e)}") from None
+    swept = [f"{k}={v}" for k, v in grids[0].items() if k not in given]  # a preset's sweep (its first study's)
     if swept:
         extra = OverridesParser.create().parse_overrides(swept)
         overrides += extra
@@ -230,23 +236,21 @@ def check_values(cfg, overrides: list, first_values: list[str], multirun: bool) 
     raise UserError(secrets.mask_text(str(error)))
 
 
-def sweep_params(cfg) -> dict:
-    """The grid a preset sweeps: hydra.sweeper.params, or with hydra/sweeper=studies its first
-    study's (the shared params, then the study's own, and its label): its first point is the one
-    checked here; a study whose points all fail shows them as FAILED children."""
+def sweep_grids(cfg) -> list[dict]:
+    """The grids a preset sweeps: hydra.sweeper.params, or with hydra/sweeper=studies one per study
+    (the shared params, then the study's own, and its label), in the order they run."""
     sweeper = OmegaConf.select(cfg, "hydra.sweeper")
     params = dict(OmegaConf.select(cfg, "hydra.sweeper.params") or {})
     if not str(OmegaConf.select(cfg, "hydra.sweeper._target_")).endswith(".StudiesSweeper"):
-        return params
-    studies = OmegaConf.select(sweeper, "studies")
+        return [params]
     from hydra.errors import HydraException
     from hydra_plugins.iosweep_studies import selected_studies, study_overrides
 
     try:
-        name, grid = next(iter(selected_studies(studies, OmegaConf.select(sweeper, "only")).items()))
-    except HydraException as e:  # hydra.sweeper.only names no study
+        studies = selected_studies(OmegaConf.select(sweeper, "studies"), OmegaConf.select(sweeper, "only"))
+    except HydraException as e:  # hydra.sweeper.only names no study, or there is none
         raise UserError(str(e)) from None
-    return dict(o.split("=", 1) for o in study_overrides(params, grid, name))
+    return [dict(o.split("=", 1) for o in study_overrides(params, grid, name)) for name, grid in studies.items()]
 
 
 def refuse_used_output_dir(cfg, key: str) -> None:

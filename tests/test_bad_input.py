@@ -114,6 +114,8 @@ PREFLIGHT_BAD = [  # issue 9: (command line, what the one line says); all refuse
     (["-m", "experiment=io_microbench", "hydra.sweeper.only=[blocks,nope]"],
      "hydra.sweeper.only=nope: no such study; choose from blocks, mmap, storage, small_files, formats"),
     (["-m", "hydra/sweeper=studies"], "hydra.sweeper.studies: no study; give at least one named grid"),
+    (["-m", "experiment=io_microbench", "+hydra.sweeper.studies.formats.nope=1"],  # not the first study: checked too
+     "study formats: nope: no such key; see conf/config.yaml"),
     (["-m", "experiment=io_microbench", "hydra.sweeper.studies.blocks.block_kb=4,64"],
      "hydra.sweeper.studies.blocks.block_kb: Hydra's own settings take one value, not a sweep; to give a grid its "
      "values quote them as one string: hydra.sweeper.studies.blocks.block_kb='4,64'"),
