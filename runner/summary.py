@@ -380,6 +380,9 @@ def format_ratios(table: list[dict], axes: list[str]) -> list[str]:
     return out
 
 
+POLICIES = ("none", "every", "interval", "dsync")  # append.fsync, in the order the durability findings name them
+
+
 def _policy(r: dict) -> str:
     """An append run's durability policy as it reads: fsync=every/100, fsync=dsync, ..."""
     params = r["_params"]
@@ -410,7 +413,7 @@ def append_findings(table: list[dict], axes: list[str]) -> list[str]:
     for key, by_policy in sorted(groups.items(), key=lambda kv: _natural(kv[0])):
         where = f" ({_label(key)})" if key else ""
         base = by_policy.get("end")
-        rest = [p for p in by_policy if p != "end"]
+        rest = sorted((p for p in by_policy if p != "end"), key=lambda p: (POLICIES + (p,)).index(p))
         if not rest:
             continue
         if base is None or base["records_per_s"] <= 0:
