@@ -132,8 +132,7 @@ def test_every_run_carries_provenance(tmp_path):
                       "size_mb=4"]),
     ("small_files", ["hydra.sweeper.params.files_per_writer='1,16'", "hydra.sweeper.params.trial='1'",
                      "size_mb=1"]),
-    ("append_log", ["hydra.sweeper.params.record_bytes='1024'", "hydra.sweeper.params.append.fsync='end,every'",
-                    "size_mb=1"]),
+    ("append_log", ["record_bytes=1024", "append.mode=buffered", "append.fsync=end,every", "size_mb=1"]),
 ])
 def test_presets_run_in_a_smoke_size(tmp_path, preset, smoke):
     p = run_cli(tmp_path, "-m", f"experiment={preset}", *smoke)
