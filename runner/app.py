@@ -208,6 +208,9 @@ def run_name(cfg: DictConfig) -> str:
         return OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
     if get("pattern.name") == "format_read":  # no blocks: the table's format and rows say what it read
         return f"format_read {get('data.format')} {get('data.rows')} rows x{get('writers')}"
+    if get("pattern.name") == "append":  # records, not blocks: their size, buffering and durability policy
+        return (f"append {get('record_bytes')} B {get('append.mode')} fsync={get('append.fsync') or 'default'} "
+                f"x{get('writers')} {get('engine.name')}")
     return f"{get('pattern.name')} {get('block_kb')}k x{get('writers')} {get('engine.name')}"
 
 

@@ -176,6 +176,8 @@ def test_fsyncs_reported_are_the_fsyncs_strace_saw(tmp_path, args, call):
         assert fsyncs == writers * ((2 << 20) // writers // 512 // every)
     _, runs = mlflow_runs(tmp_path)
     assert runs[0].data.metrics["fsyncs"] == fsyncs and runs[0].data.metrics["records_per_s"] > 0
+    assert runs[0].data.tags["mlflow.runName"].startswith("append 512 B ")  # records, not block_kb, name it
+    assert "block_kb" not in runs[0].data.params and runs[0].data.params["record_bytes"] == "512"
 
 
 # ---- fio: the same point ---------------------------------------------------------------------------------
