@@ -132,7 +132,7 @@ class _Shared:
 
 def run_workers(spec: Spec, placement, progress) -> Result:
     paths = [str(p) for p in placement.worker_paths(spec.writers)]  # none for pattern=metadata
-    warnings = prepare_files(spec, placement) if paths and spec.pattern != APPEND else []  # append: empty logs
+    warnings = prepare_files(spec, placement) if paths else []
     ctx = mp.get_context("spawn")
     n = spec.writers
     shared = _Shared(ctx, n)
