@@ -221,3 +221,13 @@ def test_findings_state_records_per_cell_and_each_policys_cost_against_end():
     assert "fsync=dsync: 0.05x" in cost and "fsync=none: 1.50x" in cost
     # the invalid cell is left out: buffered has nothing but fsync=end to show
     assert not any("90,000" in n for n in notes), notes
+
+
+def test_help_lists_the_append_knobs():
+    from runner.helptext import knob_help
+
+    text = knob_help()
+    for knob in ("record_bytes=1024", "append.mode=unbuffered", "append.fsync=null", "append.fsync_every=null",
+                 "append.fsync_interval_ms=null", "append.fsync_call=fsync", "append.shared_file=false",
+                 "append.fallocate=false", "append.buffer_kb=64"):
+        assert f"  {knob} " in text, knob
