@@ -192,7 +192,7 @@ def test_fio_runs_the_same_point_with_its_own_fsync_arithmetic(tmp_path):
     assert m["records_total"] == spec.writers * per and result.bytes_written == spec.writers * per * RB
     assert m["fsyncs"] == spec.writers * ((per - 1) // 10)  # fio syncs before the write after every 10th
     job = result.attachments["fio_job.fio"]
-    for line in (f"bs={RB}", "rw=write", "fsync=10", "file_append=1"):
+    for line in (f"bs={RB}", "rw=write", "fsync=10", "file_append=1", "refill_buffers=1"):  # fresh records
         assert line in job.splitlines(), job
     dsync = workloads.run(ap(tmp_path, engine="fio", append_fsync="dsync", keep_files=False))
     assert "sync=dsync" in dsync.attachments["fio_job.fio"].splitlines() and dsync.metrics()["fsyncs"] == 0
