@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 
 import numpy as np
 
@@ -234,7 +235,7 @@ def append_loop(spec: Spec, worker: int, path: str, direct: bool, wait_start, op
 
         preallocate()
         chunk, ci = src.current_chunk(), 0
-        clock_parent = os.getppid()
+        parent = os.getppid()
 
         def sync_call(sync: bool):
             err, ret = _hotloop.append_sync(fd, mode_no, buf, addr, state, datasync, direct, rec_w.counts,
@@ -252,8 +253,6 @@ def append_loop(spec: Spec, worker: int, path: str, direct: bool, wait_start, op
         wait_start()
         if stop is not None and stop.value:
             raise Aborted()
-        import time
-
         t_start = time.perf_counter_ns()
         cpu0, wait0 = cpu_s(), src.wait_ns
         deadline = t_start + int(spec.duration_s * 1e9) if spec.duration_s else NEVER
@@ -281,7 +280,7 @@ def append_loop(spec: Spec, worker: int, path: str, direct: bool, wait_start, op
                 preallocate()
             elif why == 3:
                 break
-            if (stop is not None and stop.value) or os.getppid() != clock_parent or \
+            if (stop is not None and stop.value) or os.getppid() != parent or \
                     time.perf_counter_ns() >= deadline:
                 break
         finish_file()
