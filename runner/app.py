@@ -122,8 +122,41 @@ def to_spec(cfg: DictConfig) -> Spec:
         hint=cfg.hint, prefetch_blocks=_whole(cfg, "prefetch.blocks", 0), prefetch_after=_whole(cfg, "prefetch.after", 0),
         files_per_writer=_whole(cfg, "files_per_writer"), file_bytes=_file_bytes(cfg),
         trace=cfg.pattern.trace, timing=cfg.pattern.timing or "asap", order=cfg.pattern.order or "file",
-        **_merge_knobs(cfg),
+        **_merge_knobs(cfg), **_append_knobs(cfg),
     ).check()
+
+
+def _append_knobs(cfg: DictConfig) -> dict:
+    """record_bytes and append.*, type-checked where set (workloads/append.py checks their ranges and
+    refuses them with another pattern). end_fsync=true typed beside a policy other than end is refused:
+    append.fsync is the one durability knob of an append point."""
+    knobs = {}
+    if OmegaConf.select(cfg, "record_bytes") is not None:
+        value = cfg.record_bytes
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError("record_bytes", value, "must be a whole number of bytes >= 1")
+        knobs["record_bytes"] = value
+    for key, check in (("mode", str), ("buffer_kb", int), ("fsync", str), ("fsync_every", int),
+                       ("fsync_interval_ms", float), ("fsync_call", str), ("shared_file", bool), ("fallocate", bool)):
+        value = OmegaConf.select(cfg, f"append.{key}")
+        if value is None:
+            continue
+        if check is int:
+            value = _whole(cfg, f"append.{key}", 0 if cfg.pattern.name != "append" else 1)
+        elif check is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f"append.{key}", value, "must be a number of milliseconds > 0")
+        elif check is bool:
+            value = _switch(cfg, f"append.{key}")
+        else:
+            value = str(value)
+        knobs[f"append_{key}"] = value
+    typed = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    if knobs.get("append_fsync", "end") != "end" and cfg.end_fsync is True \
+            and any(o.lstrip("+~").split("=", 1)[0] == "end_fsync" for o in typed):
+        raise ConfigError("end_fsync", True, f"contradicts append.fsync={knobs['append_fsync']} (end_fsync=true is "
+                                             "append.fsync=end): drop end_fsync, or set append.fsync=end")
+    return knobs
 
 
 def _merge_knobs(cfg: DictConfig) -> dict:
@@ -175,6 +208,9 @@ def run_name(cfg: DictConfig) -> str:
         return OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
     if get("pattern.name") == "format_read":  # no blocks: the table's format and rows say what it read
         return f"format_read {get('data.format')} {get('data.rows')} rows x{get('writers')}"
+    if get("pattern.name") == "append":  # records, not blocks: their size, buffering and durability policy
+        return (f"append {get('record_bytes')} B {get('append.mode')} fsync={get('append.fsync') or 'default'} "
+                f"x{get('writers')} {get('engine.name')}")
     return f"{get('pattern.name')} {get('block_kb')}k x{get('writers')} {get('engine.name')}"
 
 
@@ -182,10 +218,15 @@ def run_name(cfg: DictConfig) -> str:
 # shows only the knobs that shaped the measurement
 APPLIES = {
     "pattern.read_pct": lambda c: c.pattern.name == "mixed",  # the other patterns fix the mix
-    "block_kb": lambda c: c.pattern.name not in ("replay", "format_read"),  # replay: the trace's ops set their
+    "block_kb": lambda c: c.pattern.name not in ("replay", "format_read", "append"),  # replay: the trace's ops set their
     #           lengths; format_read: a load is one call of the format's reader
     "merge.batch": lambda c: c.merge_kb not in (None, -1),
-    "end_fsync": lambda c: Spec(pattern=c.pattern.name, trace=c.pattern.trace).writes,
+    "end_fsync": lambda c: Spec(pattern=c.pattern.name, trace=c.pattern.trace).writes
+    and not (c.pattern.name == "append" and c.append.fsync is not None),  # append.fsync decides then
+    "append.buffer_kb": lambda c: c.append.mode == "buffered",
+    "append.fsync_every": lambda c: c.append.fsync == "every",
+    "append.fsync_interval_ms": lambda c: c.append.fsync == "interval",
+    "append.fsync_call": lambda c: c.append.fsync in (None, "end", "every", "interval") and c.append.mode != "mmap",
     "direct_fallback": lambda c: c.direct is True,
     "engine.ioengine": lambda c: c.engine.name == "fio",
     **{f"engine.{k}": (lambda c: c.engine.name == "uring")

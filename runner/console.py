@@ -55,6 +55,10 @@ def describe(spec: Spec) -> str:
         how = f"{spec.files_per_writer} files x {spec.per_file / 1024:g} KiB per writer" + \
             (f" ({spec.file_size * spec.writers / MIB:g} MiB)" if not spec.metadata else "")
     block = f"block {spec.block_size >> 10} KiB"
+    if spec.pattern == "append":  # records, not blocks: how they reach the file and the durability policy
+        from workloads.append import describe as describe_append
+
+        what, block = describe_append(spec), "(block_kb does not apply)"
     if spec.pattern == "replay":  # the trace sets the ops' lengths and the bytes
         what, block, how = f"replay {spec.trace} (timing {spec.timing})", "ops of the trace's lengths", "once"
     if spec.pattern == "model_load":  # the model's tensors, in reads of at most block_kb
@@ -75,7 +79,8 @@ def result_table(result: Result) -> str:
     n = int(m.get("repeats", 1))
     pooled = f" (pooled: {n} repeats)" if n > 1 else ""
     lines = [f"  io_mode {result.io_mode}   fs {info.get('fs_type', '?')} on {info.get('device') or '?'}"
-             + (f"   {info['hint']}" if info.get("hint") else "")]
+             + (f"   {info['hint']}" if info.get("hint") else "")
+             + (f"   {info['append']}" if info.get("append") else "")]  # pattern=append: how records went
     if n > 1:
         lines += [f"  {'throughput':>12} {m['throughput_mib_s']:10.1f} MiB/s (mean of {n} repeats)   "
                   f"iops {m['iops']:.0f} (pooled: all ops / all windows)",
@@ -111,6 +116,13 @@ def result_table(result: Result) -> str:
     if "rows_per_s" in m:  # pattern=format_read: decoded rows, the file's size, where the CPU went
         lines.append(f"  {'table':>12} {m['rows_per_s']:10.0f} rows/s   file {m['file_mib']:.1f} MiB   "
                      f"CPU decode (user) {m['decode_cpu_s']:.3f} s, read (system) {m['read_sys_cpu_s']:.3f} s")
+    elif "records_per_s" in m:  # pattern=append: records, the durability policy's fsyncs, what the device wrote
+        lines.append(f"  {'records':>12} {m['records_per_s']:10.0f} records/s   {m['records_total']:.0f} records in "
+                     f"{m['append_write_calls']:.0f} write calls   fsyncs {m['fsyncs']:.0f}"
+                     + (f" (us: p50 {m['fsync_p50_us']:.1f} p99 {m['fsync_p99_us']:.1f} mean {m['fsync_mean_us']:.1f} "
+                        f"max {m['fsync_max_us']:.1f})" if m["fsyncs"] else "")
+                     + (f"   write amplification {m['write_amplification']:.2f}" if "write_amplification" in m else "")
+                     + (f"   file restarts {m['file_restarts']:.0f}" if m.get("file_restarts") else ""))
     elif result.counters:  # the engine's own counters over the window, e.g. engine=mmap's page faults
         lines.append("  engine       " + "   ".join(f"{k} {v:.0f}" for k, v in sorted(result.counters.items()))
                      + (f" (total over {n} repeats)" if n > 1 else ""))

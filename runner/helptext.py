@@ -33,6 +33,9 @@ def _nested_keys(lines: list[str], choice: str, out: dict) -> None:
             section = m[1]
         elif section and (m := _NESTED.match(text)) and f"{section}.{m[1]}" not in out:
             out[f"{section}.{m[1]}"] = _line(f"{section}.{m[1]}={m[2]}", f"(pattern={choice}) {m[3]}")
+        elif (m := _TOP_KEY.match(text)) and m[1] not in out:  # a top-level knob it brings (append: record_bytes)
+            section = None
+            out[m[1]] = _line(f"{m[1]}={m[2]}", f"(pattern={choice}) {m[3]}")
 
 
 def knob_help(conf: Path = CONF) -> str:

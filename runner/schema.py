@@ -70,6 +70,18 @@ class MergeConf:
 
 
 @dataclass
+class AppendConf:  # pattern=append only (conf/pattern/append.yaml sets them; null: not set)
+    mode: Any = None
+    buffer_kb: Any = None
+    fsync: Any = None
+    fsync_every: Any = None
+    fsync_interval_ms: Any = None
+    fsync_call: Any = None
+    shared_file: Any = None
+    fallocate: Any = None
+
+
+@dataclass
 class IosweepConfig:
     target: TargetConf = field(default_factory=TargetConf)
     pattern: PatternConf = field(default_factory=PatternConf)
@@ -78,6 +90,8 @@ class IosweepConfig:
     prefetch: PrefetchConf = field(default_factory=PrefetchConf)
     merge: MergeConf = field(default_factory=MergeConf)
     merge_kb: Any = None
+    append: AppendConf = field(default_factory=AppendConf)
+    record_bytes: Any = None
     block_kb: Any = 1024
     writers: Any = 1
     iodepth: Any = 1

@@ -116,6 +116,7 @@ DEVICE_METRICS = ("device_read_req_kb", "device_read_merges", "device_read_await
 NUMERIC_AXES = ("block_kb", "writers", "iodepth", "size_mb", "duration_s", "pattern.read_pct",
                 "data.compress_ratio", "data.dedup_ratio", "files_per_writer", "file_kb")
 TABLE_METRICS = ("rows_per_s", "file_mib")  # pattern=format_read: what format_ratios compares
+APPEND_METRICS = ("records_per_s", "fsyncs", "fsync_p99_us", "write_amplification")  # pattern=append: append_findings
 LOAD_METRICS = ("load_gb_s", "load_s", "tensors", "major_faults")  # pattern=model_load: what load_ratios compares
 FORMATS = ("binary", "npy", "csv", "parquet")  # data.format, in the order findings name them; binary is the base
 KNEE_GAIN = 0.10  # "beyond this block size, throughput gains < 10%"; the same for IOPS per iodepth step
@@ -155,6 +156,7 @@ def rows(points: list[dict]) -> tuple[list[str], list[dict]]:
         row.update({m: p["metrics"][m] for m in DEVICE_METRICS if m in p["metrics"]})
         row.update({m: p["metrics"].get(m, float("nan")) for m in TABLE_METRICS})  # nan: not a format_read run
         row.update({m: p["metrics"].get(m, float("nan")) for m in LOAD_METRICS})  # nan: not a model_load run
+        row.update({m: p["metrics"].get(m, float("nan")) for m in APPEND_METRICS})  # nan: not an append run
         row["error"] = secrets.mask_text(p.get("error") or "")
         row["run_id"] = p.get("run_id") or ""
         # not columns: which point the run measured (trials of one point share it), and its config
@@ -405,6 +407,51 @@ def format_ratios(table: list[dict], axes: list[str]) -> list[str]:
     return out
 
 
+POLICIES = ("none", "every", "interval", "dsync")  # append.fsync, in the order the durability findings name them
+
+
+def _policy(r: dict) -> str:
+    """An append run's durability policy as it reads: fsync=every/100, fsync=dsync, ..."""
+    params = r["_params"]
+    p = params.get("append.fsync") or ("end" if str(params.get("end_fsync", "True")).lower() == "true" else "none")
+    return f"fsync=every/{params.get('append.fsync_every')}" if p == "every" else \
+        f"fsync=interval/{params.get('append.fsync_interval_ms')}ms" if p == "interval" else f"fsync={p}"
+
+
+def append_findings(table: list[dict], axes: list[str]) -> list[str]:
+    """pattern=append (seed 004's matrix): records/s of every valid cell, then each durability policy's
+    records/s against fsync=end at the same other axes (what durability costs), from valid runs."""
+    cells = sorted(aggregate(table, metric="records_per_s"), key=lambda r: _natural(r["_point"]))
+    if not cells:
+        return []
+    out = []
+    for r in cells:
+        extra = (f", {r['fsyncs']:.0f} fsyncs, p99 {r['fsync_p99_us']:.0f} us" if r["fsyncs"] else "") + \
+            (f", write amplification {r['write_amplification']:.2f}" if r["write_amplification"] == r["write_amplification"]
+             else "")
+        out.append(f"Append {_label(r['_point'])}: {r['records_per_s']:,.0f} records/s "
+                   f"({r['throughput_mib_s']:.1f} MiB/s{extra})")
+    if "append.fsync" not in axes:
+        return out
+    others = [a for a in axes if a != "append.fsync"]
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in cells:
+        groups.setdefault(tuple((a, r[a]) for a in others), {})[r["append.fsync"]] = r
+    for key, by_policy in sorted(groups.items(), key=lambda kv: _natural(kv[0])):
+        where = f" ({_label(key)})" if key else ""
+        base = by_policy.get("end")
+        rest = sorted((p for p in by_policy if p != "end"), key=lambda p: (POLICIES + (p,)).index(p))
+        if not rest:
+            continue
+        if base is None or base["records_per_s"] <= 0:
+            out.append(f"Durability{where}: no valid append.fsync=end run to compare {', '.join(rest)} with")
+            continue
+        out.append(f"Durability cost{where}: " + "; ".join(
+            f"{_policy(by_policy[p])}: {by_policy[p]['records_per_s'] / base['records_per_s']:.2f}x of fsync=end "
+            f"records/s ({by_policy[p]['records_per_s']:,.0f} vs {base['records_per_s']:,.0f})" for p in rest))
+    return out
+
+
 def _load_variant(axes: list[str], r: dict) -> str:
     """A model load's variant as the knobs that made it, e.g. `engine=mmap hint=willneed` (a swept
     named point is replaced by the engine, hint and prefetch it sets)."""
@@ -514,6 +561,7 @@ def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[
     if "data.format" in axes:
         out += format_ratios(table, axes)
     out += load_ratios(table, axes)
+    out += append_findings(table, axes)
     for r in table:
         if r["status"] != "FINISHED":
             out.append(f"FAILED: {' '.join(f'{a}={r[a]}' for a in columns)}: {r['error']}")

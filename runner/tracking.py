@@ -671,6 +671,7 @@ OBJECTIVES = ("throughput_mib_s", "iops", "elapsed_s", "bytes_total", "ops_total
               "write_throughput_mib_s", "read_iops", "write_iops", "read_lat_p99_us", "write_lat_p99_us",
               "cpu_util_pct", "cache_served_pct", "device_read_bytes", "device_write_bytes",
               "rows_per_s",  # pattern=format_read
+              "records_per_s", "fsyncs", "fsync_p50_us", "fsync_p99_us", "write_amplification",  # pattern=append
               *(f"{op}_{m}" for op in ("create", "stat", "open", "unlink") for m in ("per_s", "p50_us", "p99_us")))
 
 

@@ -184,6 +184,11 @@ static PyMethodDef methods[] = {
     {"uring_inflight", uring_inflight, METH_VARARGS, "(ops, writes) in flight."},
     {"uring_probe", uring_probe, METH_VARARGS, "0 if io_uring_setup works here, else its errno."},
     {"mmap_ops", mmap_ops, METH_VARARGS, "Run a batch of timed memory accesses to a file mapping (engine=mmap)."},
+    {"append_ops", append_ops, METH_VARARGS, "Append records with a durability policy (pattern=append)."},
+    {"append_sync", append_sync, METH_VARARGS, "Flush the append buffer, and fsync once if asked."},
+    {"append_map", append_map, METH_VARARGS, "Map a file for appends by stores (pattern=append mode mmap)."},
+    {"append_unmap", append_unmap, METH_VARARGS, "Unmap what append_map mapped."},
+    {"append_fallocate", append_fallocate, METH_VARARGS, "fallocate(FALLOC_FL_KEEP_SIZE) a range."},
     {"clock_source", clock_source, METH_NOARGS, "The clock that times each op."},
     {NULL, NULL, 0, NULL},
 };

@@ -101,5 +101,10 @@ PyObject *uring_enters(PyObject *self, PyObject *args);
 PyObject *uring_inflight(PyObject *self, PyObject *args);
 PyObject *uring_probe(PyObject *self, PyObject *args);
 PyObject *mmap_ops(PyObject *self, PyObject *args);
+PyObject *append_ops(PyObject *self, PyObject *args);
+PyObject *append_sync(PyObject *self, PyObject *args);
+PyObject *append_map(PyObject *self, PyObject *args);
+PyObject *append_unmap(PyObject *self, PyObject *args);
+PyObject *append_fallocate(PyObject *self, PyObject *args);
 
 #endif

@@ -87,6 +87,10 @@ def _run_once(spec: Spec, engine, progress) -> Result:
                 from .model import info as model_info
 
                 result.info.update(model_info(spec))
+            if spec.pattern == "append":  # how records reached the file: the io_mode line says it
+                from .append import describe as describe_append
+
+                result.info["append"] = describe_append(spec)
             if hints.describe(spec):
                 result.info["hint"] = hints.describe(spec)
             if spec.keep_files:

@@ -135,6 +135,8 @@ def combine(results: list["Result"]) -> "Result":
         out.ops_written += r.ops_written
         out.lat_read.merge(r.lat_read)
         out.lat_write.merge(r.lat_write)
+        if r.lat_fsync is not None:  # pattern=append
+            out.lat_fsync = (out.lat_fsync or LatencyHistogram()).merge(r.lat_fsync)
         out.cpu_s += r.cpu_s
         out.datagen_wait_s += r.datagen_wait_s
         for k, v in r.counters.items():  # a maximum (`*_max_us`) is the largest, the rest add up
@@ -182,6 +184,21 @@ class Result:
     counters: dict = field(default_factory=dict)  # engine counters over the window, e.g. minor_faults
     # pattern=metadata: phase -> {"ops", "seconds" (the phase's window), "hist" (LatencyHistogram)}
     metadata: dict = field(default_factory=dict)
+    lat_fsync: LatencyHistogram | None = None  # pattern=append: every fsync/fdatasync/msync, merged exactly
+
+    def append_metrics(self) -> dict[str, float]:
+        """pattern=append: records/s, fsync latency, and write amplification (device bytes / record bytes)."""
+        if "records_total" not in self.counters:
+            return {}
+        el = self.elapsed_s
+        m = {"records_per_s": self.counters["records_total"] / el if el > 0 else 0.0}
+        h = self.lat_fsync or LatencyHistogram()
+        for name, q in (("p50", 50.0), ("p99", 99.0)):
+            m[f"fsync_{name}_us"] = h.percentile(q) / 1e3
+        m["fsync_mean_us"], m["fsync_max_us"] = h.mean_ns / 1e3, h.max_ns / 1e3 if h.total else math.nan
+        if self.device_write_bytes is not None and self.bytes_written:
+            m["write_amplification"] = self.device_write_bytes / self.bytes_written
+        return m
 
     def metadata_metrics(self) -> dict[str, float]:
         """`<phase>_per_s` (mdtest's "File creation/stat/read/removal" rates), `<phase>_p50_us`, `<phase>_p99_us`."""
@@ -230,6 +247,7 @@ class Result:
         if "file_bytes" in self.info:  # pattern=format_read: the table files' size on disk
             m["file_mib"] = self.info["file_bytes"] / MIB
         m.update(self.metadata_metrics())
+        m.update(self.append_metrics())
         if "model_tensors" in self.info:  # pattern=model_load: the window is the load
             m.update(load_s=el / max(1, len(self.repeat_throughputs)),  # one load's time (repeats: the mean)
                      load_gb_s=self.bytes_read / 1e9 / el if el > 0 else 0.0,

@@ -49,6 +49,9 @@ def evict(fd: int, sync: bool = True) -> None:
 
 def prepare_files(spec: Spec, placement) -> list[str]:
     """Lay out and evict every file, drop caches if asked, let the device settle. Returns warnings."""
+    if spec.pattern == "append":  # empty logs: nothing to lay out or evict (no fsync but the policy's)
+        settle(placement.device)
+        return []
     direct = placement.io_mode in ("direct", "direct-ignored")
     laid_out = 0  # bytes of the finished files, for the message of a full disk
     layout = spec.needs_layout and not spec.read_only_target

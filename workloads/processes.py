@@ -27,7 +27,7 @@ from .prepare import describe_error, device_counters, prepare_files
 from .sampler import Sampler
 from .formats import format_loop
 from .metadata import metadata_loop
-from .spec import FORMAT_READ, Spec
+from .spec import APPEND, FORMAT_READ, Spec
 from .worker import Aborted, worker_loop
 
 POLL_S = 0.05
@@ -74,6 +74,11 @@ def _worker_main(spec, worker, extents, direct, shared, go, out, parent):
         if spec.metadata:  # mdtest's phases in the worker's own directory (extents: [(dir, 0, 0)])
             result = metadata_loop(spec, worker, extents[0][0], wait_start, shared.ops_done, shared.stop,
                                    shared.phase_done)
+        elif spec.pattern == APPEND:  # records appended to the worker's log (or the shared one)
+            from .append import append_loop
+
+            result = append_loop(spec, worker, extents[0][0], direct, wait_start, shared.ops_done, shared.stop,
+                                 shared.bytes_done)
         elif spec.pattern == FORMAT_READ:  # numpy/pyarrow loads of the worker's table file
             result = format_loop(spec, worker, None, direct, wait_start, shared.ops_done, shared.stop, prepared=True,
                                  extents=extents)
@@ -135,6 +140,8 @@ def run_workers(spec: Spec, placement, progress) -> Result:
     # what each worker reads or writes: [(path, base, bytes)], one extent but with target=file
     extents = [[(str(p), b, size) for p, b, size in placement.worker_extents(w, spec.file_size)] if paths else None
                for w in range(n)]
+    if spec.pattern == APPEND and spec.append_shared_file:  # one log, every worker appends to it
+        extents = [[(str(placement.worker_path(0)), 0, spec.file_size)] for _ in range(n)]
     if spec.metadata and placement.dirs:
         extents = [[(str(placement.worker_dir(w)), 0, 0)] for w in range(n)]
     procs = [ctx.Process(target=_worker_main, name=f"iosweep-worker-{w}", daemon=True,
@@ -330,10 +337,12 @@ def _stopped(p) -> bool:
 def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> Result:
     if spec.metadata:
         return metadata.merge(spec, outs, placement.io_mode, timeseries)
-    hist_r, hist_w = LatencyHistogram(), LatencyHistogram()
+    hist_r, hist_w, hist_fsync = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
     for o in outs:
         hist_r.merge(o["hist_r"])
         hist_w.merge(o["hist_w"])
+        if "hist_fsync" in o:  # pattern=append: every fsync, timed on its own
+            hist_fsync.merge(o["hist_fsync"])
     ops_r, ops_w = sum(o["ops_r"] for o in outs), sum(o["ops_w"] for o in outs)
     t_measure = min(o["t_measure"] for o in outs)
     t_end = max(o["t_end"] for o in outs)
@@ -347,6 +356,7 @@ def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> R
         info={"stopped": any(o.get("stopped") for o in outs), "ramp_done": all(o["ramp_done"] for o in outs),
               **({"file_bytes": sum(o["file_bytes"] for o in outs)} if "file_bytes" in outs[0] else {})},
         counters=merge_counters([o.get("counters") or {} for o in outs]),
+        lat_fsync=hist_fsync if any("hist_fsync" in o for o in outs) else None,
     )
 
 

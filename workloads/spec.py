@@ -16,6 +16,7 @@ MODEL_LOAD = "model_load"  # the tensors of a safetensors/GGUF file, read as a l
 TRACED = ("replay", MODEL_LOAD)  # patterns whose ops are a Trace: offsets and lengths, once, one worker
 ALL_PATTERNS = PATTERNS + TRACED  # replay: the ops of a trace (workloads/replay.py)
 FILE_OP_PATTERNS = ("metadata",)  # ops on files themselves (create, stat, open, unlink): workloads/metadata.py
+APPEND = "append"  # records appended to a log file with a durability policy (workloads/append.py)
 FORMAT_READ = "format_read"  # not a block pattern: loads a table file with numpy/pyarrow (workloads/formats.py)
 TABLE_FORMATS = ("binary", "npy", "csv", "parquet")  # data.format of pattern=format_read
 TIMINGS = ("asap", "original")  # pattern=replay: issue the trace's ops back to back, or at the trace's times
@@ -114,6 +115,16 @@ class Spec:
     order: str = "file"  # pattern=model_load: read the tensors in file order or by layer (model.ORDERS)
     merge_kb: int | None = None  # reads: coalesce requests <= merge_kb apart within each batch (None: off)
     merge_batch: int = 32  # ops per batch that merge_kb sorts and coalesces
+    # pattern=append only (workloads/append.py checks them; None: not set, its default there)
+    record_bytes: int | None = None  # bytes per appended record, any size >= 1 (independent of block_size)
+    append_mode: str | None = None  # unbuffered | buffered | mmap (append.MODES)
+    append_buffer_kb: int | None = None  # buffered: the user-space buffer (64 KiB)
+    append_fsync: str | None = None  # none | end | every | interval | dsync; None: end if end_fsync else none
+    append_fsync_every: int | None = None  # fsync=every: records between two fsyncs
+    append_fsync_interval_ms: float | None = None  # fsync=interval: ms between two fsyncs
+    append_fsync_call: str | None = None  # fsync | fdatasync
+    append_shared_file: bool | None = None  # all writers append to one file with O_APPEND
+    append_fallocate: bool | None = None  # preallocate each writer's share (fallocate KEEP_SIZE)
 
     def _trace(self):
         if self.pattern == MODEL_LOAD:  # the reads of the model file's tensors, from its header
@@ -128,7 +139,7 @@ class Spec:
     def variable_lengths(self) -> bool:
         """Ops of different lengths (replay, merging): bytes are counted per op. Otherwise every op is
         block_size bytes and the loops take their fast path (bytes = ops x block_size)."""
-        return self.pattern in TRACED or self.merge_kb is not None
+        return self.pattern in TRACED or self.merge_kb is not None or self.pattern == APPEND  # append: records
 
     @property
     def max_op_bytes(self) -> int:
@@ -155,6 +166,8 @@ class Spec:
             return self.file_bytes
         if self.metadata:
             return 0  # mdtest's default: empty files
+        if self.pattern == APPEND:  # the record bytes each writer appends per pass, not whole blocks
+            return self.size_bytes // self.writers
         per = self.size_bytes // self.writers // self.files_per_writer
         return per - per % self.block_size
 
@@ -178,7 +191,7 @@ class Spec:
     def writes(self) -> bool:
         if self.pattern in TRACED:
             return self._trace().writes > 0
-        return self.pattern in ("seq_write", "rand_write", "mixed")
+        return self.pattern in ("seq_write", "rand_write", "mixed", APPEND)
 
     @property
     def random(self) -> bool:
@@ -192,7 +205,7 @@ class Spec:
     @property
     def needs_layout(self) -> bool:
         """Reads and random writes run over files laid out in full beforehand, as fio does."""
-        return self.pattern not in ("seq_write", "metadata", FORMAT_READ)  # format_read: formats.write_worker_file
+        return self.pattern not in ("seq_write", "metadata", FORMAT_READ, APPEND)  # format_read: formats.write_worker_file
 
     def check(self) -> "Spec":
         def positive(key, value, unit=""):
@@ -208,10 +221,13 @@ class Spec:
             if value > MAX_SECONDS:
                 raise ConfigError(key, value, f"must be at most {MAX_SECONDS} (one week, in seconds)")
 
-        every = ALL_PATTERNS + FILE_OP_PATTERNS + (FORMAT_READ,)
+        every = ALL_PATTERNS + FILE_OP_PATTERNS + (FORMAT_READ, APPEND)
         if self.pattern not in every:
             raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(every))
         self._check_format_read()
+        from .append import check as check_append  # append.py: records, buffering, durability policy
+
+        check_append(self)
         if self.pattern == "replay":
             self._check_replay()
         if self.pattern == MODEL_LOAD:
@@ -260,7 +276,7 @@ class Spec:
             raise ConfigError("block_kb", self.block_size // 1024,
                               "direct=true needs a multiple of 4 KiB (or set direct=false)")
         self._check_files()
-        if not self.read_only_target and not self.metadata and self.pattern not in (FORMAT_READ, *TRACED) \
+        if not self.read_only_target and not self.metadata and self.pattern not in (FORMAT_READ, APPEND, *TRACED) \
                 and self.file_size < self.block_size:  # target=file: resolve() says; replay: the trace sizes it
             raise ConfigError("size_mb", self.size_bytes >> 20,
                               f"too small for writers={self.writers} x block_kb={self.block_size >> 10}: "

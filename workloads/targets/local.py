@@ -122,6 +122,8 @@ class LocalTarget:
                 placement.worker_dir(w).mkdir()
                 placement.dirs.append(placement.worker_dir(w))
                 continue
+            if w and self.spec.pattern == "append" and self.spec.append_shared_file:  # one log for all
+                break
             for i in range(self.spec.files_per_writer):
                 path = placement.worker_path(w, i)
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
