@@ -74,7 +74,7 @@ def test_wheel_installs_and_runs_as_iosweep_outside_the_checkout(tmp_path):
     assert len(list((work / "outputs/runs").rglob("iosweep.log"))) == 1  # hydra.job.name names the log
 
     text = sh(iosweep, "--help", cwd=work).stdout
-    assert "engine: fio, mmap, null, sync, uring" in text and "pattern: format_read, metadata, mixed, model_load, rand_read" in text
+    assert "engine: fio, mmap, null, sync, uring" in text and "pattern: append, format_read, metadata, mixed, model_load, rand_read" in text
     assert re.search(r"block_kb=1024 +size of every I/O", text) and "data.dedup_ratio=" in text
     script = sh(iosweep, "--shell-completion", "install=bash", cwd=work).stdout
     assert "complete -o nospace -o default -F hydra_bash_completion iosweep" in script
