@@ -343,11 +343,27 @@ def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> R
         ops_read=ops_r, ops_written=ops_w, lat_read=hist_r, lat_write=hist_w,
         io_mode=placement.io_mode, cpu_s=sum(o["cpu_s"] for o in outs),
         datagen_wait_s=sum(o["datagen_wait_ns"] for o in outs) / 1e9,
+        pipeline=pipeline_shares(outs),
         timeseries=timeseries,
         info={"stopped": any(o.get("stopped") for o in outs), "ramp_done": all(o["ramp_done"] for o in outs),
               **({"file_bytes": sum(o["file_bytes"] for o in outs)} if "file_bytes" in outs[0] else {})},
         counters=merge_counters([o.get("counters") or {} for o in outs]),
     )
+
+
+def pipeline_shares(outs: list[dict]) -> dict[str, list[float]]:
+    """Per worker, over its own window: the % the writer waited for data, the % its producers waited
+    for a free buffer (their summed wait over producers x window). Workers that write no generated
+    data (reads, zeros, data.refill=false) have no producers and are left out of the second."""
+    data, producers = [], []
+    for o in outs:
+        window = o["t_end"] - o["t_measure"]
+        if window <= 0 or "producers" not in o:
+            continue
+        data.append(100.0 * o["datagen_wait_ns"] / window)
+        if o["producers"]:
+            producers.append(100.0 * o["producer_wait_ns"] / (window * o["producers"]))
+    return {"data_wait_pct": data, "producer_wait_pct": producers} if producers else {}
 
 
 def merge_counters(per_worker: list[dict]) -> dict[str, float]:
