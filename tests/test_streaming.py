@@ -1,6 +1,7 @@
 """Issue 12, the streaming writer (seeds 001/002): the producer-consumer pipeline made explicit
 (data.producers, data.pool_buffers, data.buffer_mb, data.refill), where its time goes (wait
 shares, the generator's own rate, iosweep.bottleneck), writers=auto and data.producers=auto."""
+import dataclasses
 import re
 import time
 from pathlib import Path
@@ -28,31 +29,33 @@ def spec(tmp_path, **kv):
     return Spec(**{"target_dir": str(tmp_path / "scratch"), "size_bytes": 8 * MIB, **kv}).check()
 
 
-def stream_bytes(src, n_chunks: int) -> bytes:
+def stream_bytes(src, n_bytes: int) -> bytes:
     out = b""
-    for _ in range(n_chunks):
+    while len(out) < n_bytes:
         out += bytes(src.current_chunk())
         src.advance()
     src.close()
-    return out
+    return out[:n_bytes]
 
 
 # ---- 1. the pipeline: several producers, the same bytes -------------------------------------
 
 @pytest.mark.parametrize("ratios", [(1, 1), (3, 2)])
 def test_several_producers_write_the_same_bytes_as_one(tmp_path, ratios):
-    """Each chunk is a function of (seed, worker, pass, index): producers=3 with 2 buffers fill
-    chunks in any order, the writer gets the same stream as producers=1 with 4 buffers."""
+    """Every byte is a function of (seed, worker, pass, offset): producers=3 with 2 buffers of 3 MiB fill
+    chunks in any order, the writer gets the same stream as producers=1 with 4 buffers of 1 MiB."""
     one = spec(tmp_path, size_bytes=6 * MIB, data=DataSpec("dgen", *ratios, producers=1, pool_buffers=4))
-    three = spec(tmp_path, size_bytes=6 * MIB, data=DataSpec("dgen", *ratios, producers=3, pool_buffers=2))
-    # 14 chunks: two passes over the 6 MiB file and into a third
-    a, b = stream_bytes(DgenSource(one, 0, one.file_size), 14), stream_bytes(DgenSource(three, 0, three.file_size), 14)
-    assert a == b and len(a) == 14 * MIB
-    chunks = [a[i:i + MIB] for i in range(0, len(a), MIB)]
-    assert len(set(chunks[:6])) == (6 if ratios == (1, 1) else 3)  # dedup 2: each chunk twice per pass
-    assert not set(chunks[:6]) & set(chunks[6:12])  # the next pass is fresh data
+    three = spec(tmp_path, size_bytes=6 * MIB, data=DataSpec("dgen", *ratios, producers=3, pool_buffers=2,
+                                                             buffer_bytes=3 * MIB))
+    # two passes over the 6 MiB file and into a third
+    a = stream_bytes(DgenSource(one, 0, one.file_size), 15 * MIB)
+    b = stream_bytes(DgenSource(three, 0, three.file_size), 15 * MIB)
+    assert a == b and len(a) == 15 * MIB
+    units = [a[i:i + MIB] for i in range(0, len(a), MIB)]
+    assert len(set(units[:6])) == (6 if ratios == (1, 1) else 3)  # dedup 2: each unit twice per pass
+    assert not set(units[:6]) & set(units[6:12])  # the next pass is fresh data
     other = spec(tmp_path, size_bytes=6 * MIB, seed=1, data=DataSpec("dgen", *ratios))
-    assert stream_bytes(DgenSource(other, 0, other.file_size), 1) != a[:MIB]  # the seed chooses the data
+    assert stream_bytes(DgenSource(other, 0, other.file_size), MIB) != a[:MIB]  # the seed chooses the data
 
 
 def test_file_written_by_three_producers_is_what_measure_ratios_regenerates(tmp_path):
@@ -60,7 +63,8 @@ def test_file_written_by_three_producers_is_what_measure_ratios_regenerates(tmp_
              data=DataSpec("dgen", 2, 2, producers=3, pool_buffers=3, buffer_bytes=3 * MIB // 2))
     r = run(s)
     on_disk = Path(r.info["files"][0]).read_bytes()
-    assert on_disk == stream_bytes(DgenSource(s, 0, s.file_size), 8)[:s.file_size]
+    assert on_disk == stream_bytes(DgenSource(dataclasses.replace(s, data=DataSpec("dgen", 2, 2)), 0, s.file_size),
+                                   s.file_size)  # one producer, 1 MiB chunks: the same bytes
     m = r.metrics()
     assert m["data_compress_ratio_measured"] == pytest.approx(2, rel=0.1)
     assert m["data_dedup_ratio_measured_1mib"] == pytest.approx(2, rel=0.1)
@@ -94,13 +98,13 @@ def test_buffer_mb_sets_the_chunk_and_pool_buffers_the_ring(tmp_path):
 # ---- 2. where the time goes -------------------------------------------------------------------
 
 def test_a_slow_generator_shows_as_the_writer_waiting(tmp_path, monkeypatch):
-    real = data_mod.stream_chunk
+    real = data_mod.stream_fill
 
     def slow(*a):
         time.sleep(0.03)  # ~33 chunks/s: far slower than a writer that takes a chunk at once
         real(*a)
 
-    monkeypatch.setattr(data_mod, "stream_chunk", slow)
+    monkeypatch.setattr(data_mod, "stream_fill", slow)
     s = spec(tmp_path, data=DataSpec("dgen", 1, 1, producers=1, pool_buffers=2))
     src = DgenSource(s, 0, s.file_size)
     t0, p0 = time.perf_counter_ns(), src.producer_wait_ns()

@@ -8,9 +8,10 @@ block; fill_chunk releases the GIL, so generation overlaps the I/O. Two waits ar
 writer waiting for a filled chunk (`wait_ns`: generation is too slow) and the producers waiting
 for a free buffer (`producer_wait_ns()`: the writer, i.e. storage, is too slow).
 
-Every chunk's content is a function of (seed, worker, pass, chunk index) only (`stream_chunk`),
-so several producers filling chunks in any order write the same bytes as one, and
-measure_ratios() regenerates exactly what was written.
+Every byte of the stream is a function of (seed, worker, pass, offset) only (`stream_fill`: one
+dgen-py Generator per 1 MiB unit), so several producers filling chunks in any order, and any
+chunk size, write the same bytes as one producer, and measure_ratios() regenerates exactly what
+was written.
 """
 from __future__ import annotations
 
@@ -52,46 +53,54 @@ def aligned_buffer(nbytes: int) -> mmap.mmap:
     return mmap.mmap(-1, nbytes)
 
 
-def dgen_generator(spec: Spec, worker: int, pass_no: int, size: int, index: int | str = 0,
-                  dedup: int | None = None):
-    """The Generator of one chunk (`index`) of one pass of one worker's stream.
+UNIT = MIN_CHUNK  # the stream's unit: one dgen-py Generator each
+
+
+def dgen_generator(spec: Spec, worker: int, pass_no: int, unit: int):
+    """The Generator of one 1 MiB unit of one pass of one worker's stream.
 
     dgen-py 0.3: a Generator after set_seed()+reset() repeats one unit forever, and seed s+1
-    yields seed s's stream shifted by one unit. So: a new Generator per chunk, with seeds hashed
-    far apart for every (seed, worker, pass, index). Dedup is the stream's (chunks repeat, see
-    stream_chunk), so the chunk's own Generator has dedup 1 unless `dedup` is given.
+    yields seed s's stream shifted by one unit (with compress_ratio 1). So: a new Generator per
+    unit, with seeds hashed far apart for every (seed, worker, pass, unit). One per unit costs
+    nothing measurable (a Generator is made in < 1 us; filling 1 MiB takes ~200 us), and makes
+    every unit a function of where it is in the stream only.
     """
     import dgen_py
 
-    key = f"{spec.seed}/{worker}/{pass_no}/{index}".encode()
+    key = f"{spec.seed}/{worker}/{pass_no}/{unit}".encode()
     seed = int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
-    return dgen_py.Generator(size=size, dedup_ratio=spec.data.dedup_ratio if dedup is None else dedup,
-                             compress_ratio=spec.data.compress_ratio, seed=seed, max_threads=1)
+    return dgen_py.Generator(size=UNIT, dedup_ratio=1, compress_ratio=spec.data.compress_ratio, seed=seed,
+                             max_threads=1)
 
 
-def chunks_per_pass(spec: Spec, stream_bytes: int) -> int:
-    return max(1, -(-stream_bytes // stream_chunk_bytes(spec)))
+_scratch = threading.local()  # per producer thread: a whole unit, for chunks that take part of one
 
 
-def stream_chunk(spec: Spec, worker: int, stream_bytes: int, first_pass: int, index: int, buf) -> None:
-    """Fill `buf` (one chunk) with chunk `index` of the worker's stream that starts at `first_pass`.
+def stream_fill(spec: Spec, worker: int, stream_bytes: int, first_pass: int, start: int, buf) -> None:
+    """Fill `buf` with bytes [start, start + len(buf)) of the worker's data stream from `first_pass` on.
 
-    A pass is ceil(stream_bytes / chunk) chunks (the last one runs over into the next pass over the
-    file). dedup_ratio d: a pass has ceil(chunks / d) distinct chunks, chunk i repeating chunk
-    i mod that, so every chunk (and every 1 MiB unit in it) appears d times in a pass, as dgen-py's
-    own 1 MiB units did; compress_ratio is each chunk's Generator's.
+    The stream is the worker's passes over its file (stream_bytes each) one after another. A pass
+    is ceil(stream_bytes / 1 MiB) units; with dedup_ratio d it has ceil(units / d) distinct ones,
+    unit u repeating unit u mod that, so every unit appears d times in a pass, as in dgen-py's own
+    dedup; compress_ratio is each unit's Generator's. A byte's value depends only on (seed, worker,
+    pass, offset): not on the chunk size, the producers or the order they fill chunks in.
     """
-    per_pass = chunks_per_pass(spec, stream_bytes)
-    pass_no, i = first_pass + index // per_pass, index % per_pass
-    distinct = -(-per_pass // spec.data.dedup_ratio)
-    view = memoryview(buf)
-    # dgen-py 0.3 leaves a Generator's partial last 1 MiB unit incompressible: a chunk that is not
-    # whole MiB gets its tail from a Generator of its own (a second call, only for such chunks)
-    whole = len(buf) - len(buf) % MIN_CHUNK
-    for start, end, part in ((0, whole, ""), (whole, len(buf), "tail")):
-        if end > start:
-            _fill(dgen_generator(spec, worker, pass_no, end - start, f"{i % distinct}{part}", dedup=1),
-                  view[start:end])
+    view, pos, n = memoryview(buf), 0, len(buf)
+    distinct = -(-(-(-stream_bytes // UNIT)) // spec.data.dedup_ratio)
+    while pos < n:
+        pass_no, x = divmod(start + pos, stream_bytes)
+        unit, at = divmod(x, UNIT)
+        take = min(UNIT - at, stream_bytes - x, n - pos)
+        gen = dgen_generator(spec, worker, first_pass + pass_no, unit % distinct)
+        if take == UNIT:
+            _fill(gen, view[pos:pos + UNIT])
+        else:  # part of a unit (a chunk's edge, a pass's last unit): generate it whole, copy the part
+            whole = getattr(_scratch, "unit", None)
+            if whole is None:
+                whole = _scratch.unit = bytearray(UNIT)
+            _fill(gen, memoryview(whole))
+            view[pos:pos + take] = whole[at:at + take]
+        pos += take
     view.release()
 
 
@@ -155,7 +164,7 @@ class DgenSource(BlockSource):
             t.start()
 
     def _fill(self, index: int, buf) -> None:
-        stream_chunk(self._spec, self._worker, self._stream_bytes, self._first, index, buf)
+        stream_fill(self._spec, self._worker, self._stream_bytes, self._first, index * len(buf), buf)
 
     def _produce(self, me: int) -> None:
         while True:
@@ -208,7 +217,7 @@ def write_source(spec: Spec, worker: int, first_pass: int = 0) -> BlockSource:
         return BlockSource([aligned_buffer(stream_chunk_bytes(spec))])
     if not spec.data.refill:  # one chunk of the stream, generated once and written again and again
         buf = aligned_buffer(stream_chunk_bytes(spec))
-        stream_chunk(spec, worker, spec.file_size, first_pass, 0, buf)
+        stream_fill(spec, worker, spec.file_size, first_pass, 0, buf)
         return BlockSource([buf])
     return DgenSource(spec, worker, spec.file_size, first_pass)
 
@@ -227,7 +236,7 @@ def calibrate(spec: Spec, producers: int | None = None, seconds: float = CALIBRA
     def fill(p: int) -> None:
         buf, i = aligned_buffer(size), 0
         while time.perf_counter() < deadline:
-            stream_chunk(spec, 1 << 30, size, 0, p + i * producers, buf)  # a worker no run has
+            stream_fill(spec, 1 << 30, size, p + i * producers, 0, buf)  # a worker no run has
             filled[p] += size
             i += 1
 
@@ -298,29 +307,31 @@ DEDUP_BLOCK = 4096
 def measure_ratios(spec: Spec) -> dict[str, float]:
     """Compression and dedup ratios of the bytes worker 0 wrote in its first pass, measured.
 
-    The stream is regenerated chunk by chunk from its seed (stream_chunk: byte-identical to what
-    was written, whichever producer filled which chunk) after the window, so measuring costs the
-    run nothing. Dedup: distinct 4 KiB blocks (and 1 MiB units, dgen-py's own unit) over the whole
-    first pass up to SAMPLE_CAP. Compression: zstd level 1 over every 4th MiB.
+    The stream is regenerated from its seed (stream_fill: byte-identical to what was written,
+    whichever producer filled which chunk) after the window, so measuring costs the run nothing.
+    Dedup: distinct 4 KiB blocks (and 1 MiB units, dgen-py's own unit) over the whole first pass
+    up to SAMPLE_CAP. Compression: zstd level 1 over every 4th MiB.
     """
     import zstandard
 
     if spec.engine == "null" or not (spec.writes or spec.needs_layout):
         return {}
     size = min(spec.file_size, SAMPLE_CAP)
-    chunk = aligned_buffer(stream_chunk_bytes(spec))
+    buf = aligned_buffer(MIN_CHUNK)
+    rewritten = None  # data.refill=false: the one chunk every write repeats
+    if spec.data.kind == "dgen" and not spec.data.refill:
+        rewritten = aligned_buffer(stream_chunk_bytes(spec))
+        stream_fill(spec, 0, spec.file_size, 0, 0, rewritten)
     zstd = zstandard.ZstdCompressor(level=1)
     blocks, units = set(), set()
     n_blocks = n_units = raw = packed = 0
     for i in range(0, size, MIN_CHUNK):
         n = min(MIN_CHUNK, size - i)
-        index, at = divmod(i, len(chunk))
-        if at == 0 and spec.data.kind == "dgen" and (spec.data.refill or index == 0):  # refill=false: chunk 0 again
-            stream_chunk(spec, 0, spec.file_size, 0, index, chunk)
-        piece = memoryview(chunk)[at:at + n]
-        if len(piece) < n:  # a chunk that is not a whole number of MiB: the unit runs into the next chunk
-            piece.release()
-            piece = memoryview(_span(spec, chunk, i, n))
+        piece = memoryview(buf)[:n]
+        if rewritten is not None:
+            _repeat(rewritten, i, piece)
+        elif spec.data.kind == "dgen":
+            stream_fill(spec, 0, spec.file_size, 0, i, piece)
         units.add(hashlib.blake2b(piece, digest_size=16).digest())
         n_units += 1
         for j in range(0, n, DEDUP_BLOCK):
@@ -336,14 +347,11 @@ def measure_ratios(spec: Spec) -> dict[str, float]:
             "data_sample_mib": size / MIN_CHUNK}
 
 
-def _span(spec: Spec, chunk, start: int, n: int) -> bytes:
-    """Bytes [start, start + n) of worker 0's first pass when they span chunks; `chunk` holds the
-    first of them and is left holding the last."""
-    out = bytearray()
-    size = len(chunk)
-    while len(out) < n:
-        index, at = divmod(start + len(out), size)
-        if at == 0 and spec.data.kind == "dgen" and (spec.data.refill or index == 0):
-            stream_chunk(spec, 0, spec.file_size, 0, index, chunk)
-        out += chunk[at:min(size, at + n - len(out))]
-    return bytes(out)
+def _repeat(chunk, start: int, view) -> None:
+    """Bytes [start, start + len(view)) of `chunk` written again and again."""
+    pos = 0
+    while pos < len(view):
+        at = (start + pos) % len(chunk)
+        take = min(len(chunk) - at, len(view) - pos)
+        view[pos:pos + take] = chunk[at:at + take]
+        pos += take
