@@ -142,21 +142,24 @@ def test_pipeline_shares_are_per_worker_and_merge_as_mean_and_max():
     assert (m["producer_wait_pct_mean"], m["producer_wait_pct_max"]) == (30.0, 60.0)
 
 
-@pytest.mark.parametrize("data_wait, cpu_s, verdict", [
-    (30.0, 0.5, "data_generation"),  # the writer waited 30% for data
-    (1.0, 1.95, "cpu"),  # 195% of 2 CPUs busy, nobody waiting
-    (1.0, 0.5, "storage"),
+@pytest.mark.parametrize("data_wait, busy, verdict", [
+    (30.0, 50.0, "data_generation"),  # the writer waited 30% for data, CPUs to spare
+    (30.0, 97.0, "cpu"),  # it waited, but its producers could not get a CPU
+    (1.0, 95.0, "cpu"),  # nobody waiting, the CPUs busy (the kernel's copies count)
+    (1.0, 50.0, "storage"),
+    (1.0, None, "storage"),  # no system-wide figure: the workers' CPU (50% of one of 2 CPUs)
 ])
-def test_bottleneck_is_decided_from_the_numbers(monkeypatch, data_wait, cpu_s, verdict):
+def test_bottleneck_is_decided_from_the_numbers(monkeypatch, data_wait, busy, verdict):
     monkeypatch.setattr(data_mod, "usable_cpus", lambda: 2)
     s = Spec(data=DataSpec("dgen", 1, 1, producers=2))
-    r = Result(1.0, 0, 500 * MIB, 0, 500, LatencyHistogram(), LatencyHistogram(), "direct", cpu_s=cpu_s,
-               pipeline={"data_wait_pct": [data_wait, 2.0], "producer_wait_pct": [70.0, 60.0]}, datagen_mib_s=4000.0)
+    r = Result(1.0, 0, 500 * MIB, 0, 500, LatencyHistogram(), LatencyHistogram(), "direct", cpu_s=0.5,
+               pipeline={"data_wait_pct": [data_wait, 2.0], "producer_wait_pct": [70.0, 60.0]}, datagen_mib_s=4000.0,
+               info={} if busy is None else {"system_cpu_pct": busy})
     got, line = bottleneck(s, r)
     assert got == verdict
     assert line.startswith(f"bottleneck: {verdict} (writers waited {(data_wait + 2) / 2:.1f}% (max ")
     assert "producers waited 65.0% (max 70.0%)" in line and "generator alone 4000 MiB/s" in line
-    assert f"CPU {100 * cpu_s:.0f}% of 200%" in line
+    assert f"CPUs {25 if busy is None else busy:.0f}% busy (2 usable; the workers used 50% of one)" in line
 
 
 def test_a_run_measures_its_generator_and_names_its_bottleneck(tmp_path):
@@ -164,7 +167,7 @@ def test_a_run_measures_its_generator_and_names_its_bottleneck(tmp_path):
     m = r.metrics()
     assert m["datagen_mib_s"] > 100  # the generator alone, before the window
     assert {"data_wait_pct_mean", "data_wait_pct_max", "producer_wait_pct_mean", "producer_wait_pct_max"} <= set(m)
-    assert r.info["bottleneck"] in ("storage", "data_generation", "cpu")
+    assert r.info["bottleneck"] in ("storage", "data_generation", "cpu") and 0 < r.info["system_cpu_pct"] <= 100
     assert any(w.startswith(f"bottleneck: {r.info['bottleneck']} (") for w in r.warnings)
     zeros = run(spec(tmp_path, size_bytes=8 * MIB, data=DataSpec("zeros")))
     assert "datagen_mib_s" not in zeros.metrics() and "data_wait_pct_max" not in zeros.metrics()

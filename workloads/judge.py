@@ -93,26 +93,30 @@ def _own_writer(spec: Spec) -> bool:
     return engine.does_io and not engine.external
 
 
-BOTTLENECK_DATA_PCT = 10.0  # the writer waited longer than this share of its window for data: generation
-BOTTLENECK_CPU_SHARE = 0.90  # the workers' CPU time was at least this share of all usable CPUs: the CPU
+BOTTLENECK_DATA_PCT = 10.0  # the writer waited longer than this share of its window for data
+BOTTLENECK_CPU_PCT = 90.0  # the usable CPUs were at least this busy over the window
 
 
 def bottleneck(spec: Spec, result: Result) -> tuple[str, str]:
     """Where a writing run's time went (seed 002's bottleneck analysis), from what was measured:
-    data_generation if any worker's writer waited > 10% of its window for a filled buffer; else cpu
-    if the workers used >= 90% of every usable CPU (neither side waits, both share cores); else
-    storage (the writer was busy writing; its producers, if any, waited for free buffers).
+    cpu if the usable CPUs were >= 90% busy over the window (all processes and the kernel's threads:
+    generation, the writers and the kernel's copies compete for them; when the writer also waited
+    for data, its producers could not get a CPU in time); else data_generation if any worker's
+    writer waited > 10% of its window for a filled buffer (more data.producers or data.pool_buffers
+    help); else storage (the writer was busy writing; its producers, if any, waited for free buffers).
     Returns (storage|data_generation|cpu, the line with the numbers behind it)."""
     from .data import usable_cpus
 
     m = result.metrics()
     cpus = usable_cpus()
     data_max, data_mean = m.get("data_wait_pct_max", 0.0), m.get("data_wait_pct_mean", 0.0)
-    cpu = m.get("cpu_util_pct", 0.0)
-    if data_max > BOTTLENECK_DATA_PCT:
-        verdict = "data_generation"
-    elif cpu >= BOTTLENECK_CPU_SHARE * 100 * cpus:
+    busy = result.info.get("system_cpu_pct")
+    if busy is None:  # no system-wide figure: the workers' own CPU time against every usable CPU
+        busy = m.get("cpu_util_pct", 0.0) / cpus
+    if busy >= BOTTLENECK_CPU_PCT:
         verdict = "cpu"
+    elif data_max > BOTTLENECK_DATA_PCT:
+        verdict = "data_generation"
     else:
         verdict = "storage"
     parts = [f"writers waited {data_mean:.1f}% (max {data_max:.1f}%) of the window for data"]
@@ -124,7 +128,8 @@ def bottleneck(spec: Spec, result: Result) -> tuple[str, str]:
     if result.datagen_mib_s is not None:
         parts.append(f"generator alone {result.datagen_mib_s:.0f} MiB/s per worker with data.producers="
                      f"{spec.data.producers} vs {m['throughput_mib_s'] / spec.writers:.0f} MiB/s written per worker")
-    parts.append(f"CPU {cpu:.0f}% of {100 * cpus}%")
+    parts.append(f"CPUs {busy:.0f}% busy ({cpus} usable; the workers used {m.get('cpu_util_pct', 0.0):.0f}% "
+                 "of one)")
     return verdict, f"bottleneck: {verdict} ({'; '.join(parts)})"
 
 
