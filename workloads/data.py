@@ -222,7 +222,7 @@ def write_source(spec: Spec, worker: int, first_pass: int = 0) -> BlockSource:
     return DgenSource(spec, worker, spec.file_size, first_pass)
 
 
-CALIBRATE_S = 0.4  # the generator alone (seed 002's /dev/null test): long enough for a steady rate
+CALIBRATE_S = 0.3  # the generator alone (seed 002's /dev/null test): long enough for a steady rate
 
 
 def calibrate(spec: Spec, producers: int | None = None, seconds: float = CALIBRATE_S) -> float:
