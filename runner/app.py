@@ -107,7 +107,7 @@ def to_spec(cfg: DictConfig) -> Spec:
     _resolve_all(cfg)
     return Spec(
         pattern=cfg.pattern.name, read_pct=_whole(cfg, "pattern.read_pct", 0),
-        block_size=_whole(cfg, "block_kb") * 1024, writers=_whole(cfg, "writers"),
+        block_size=_whole(cfg, "block_kb") * 1024, writers=_whole_or_auto(cfg, "writers"),
         iodepth=_whole(cfg, "iodepth"),
         size_bytes=_size_bytes(cfg), duration_s=_number(cfg, "duration_s", optional=True),
         ramp_s=_number(cfg, "ramp_s", strict=False), direct=_switch(cfg, "direct"),
@@ -115,7 +115,8 @@ def to_spec(cfg: DictConfig) -> Spec:
         engine=cfg.engine.name, ioengine=cfg.engine.ioengine, target=cfg.target.name, target_dir=cfg.target.dir,
         target_path=cfg.target.path, allow_overwrite=_switch(cfg, "target.allow_overwrite"),
         data=DataSpec(cfg.data.name, _whole(cfg, "data.compress_ratio"), _whole(cfg, "data.dedup_ratio"),
-                      cfg.data.format, None if cfg.data.rows is None else _whole(cfg, "data.rows")),
+                      cfg.data.format, None if cfg.data.rows is None else _whole(cfg, "data.rows"),
+                      **_pipeline_knobs(cfg)),
         seed=_whole(cfg, "seed", 0), keep_files=_switch(cfg, "keep_files"),
         log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
         latency=_switch(cfg, "latency"), access=cfg.engine.access, **_uring_knobs(cfg),
@@ -157,6 +158,64 @@ def _append_knobs(cfg: DictConfig) -> dict:
         raise ConfigError("end_fsync", True, f"contradicts append.fsync={knobs['append_fsync']} (end_fsync=true is "
                                              "append.fsync=end): drop end_fsync, or set append.fsync=end")
     return knobs
+
+
+AUTO_KEYS = ("writers", "data.producers")  # knobs that take `auto` (resolve_auto)
+
+
+def _whole_or_auto(cfg: DictConfig, key: str) -> int:
+    """A knob that also takes `auto`. A job's resolve_auto replaces `auto` by a number before to_spec;
+    where `auto` still reaches it (resolve_auto's own check, preflight's) it checks the rest as 1."""
+    value = OmegaConf.select(cfg, key)
+    if value == "auto":
+        return 1
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(key, value, "must be a whole number >= 1, or auto (chosen from the CPUs and a "
+                                      "calibration of dgen-py)")
+    return value
+
+
+def _pipeline_knobs(cfg: DictConfig) -> dict:
+    """data.producers, data.pool_buffers, data.buffer_mb, data.refill: the streaming writer's pipeline
+    (data=zeros leaves them at their defaults; Spec.check range-checks them)."""
+    knobs = {}
+    if OmegaConf.select(cfg, "data.producers") is not None:
+        knobs["producers"] = _whole_or_auto(cfg, "data.producers")
+    if OmegaConf.select(cfg, "data.pool_buffers") is not None:
+        knobs["pool_buffers"] = _whole(cfg, "data.pool_buffers")
+    if OmegaConf.select(cfg, "data.buffer_mb") is not None:
+        mb = OmegaConf.select(cfg, "data.buffer_mb")
+        if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not math.isfinite(mb) or mb <= 0 \
+                or (mb * (1 << 20)) % 1024:
+            raise ConfigError("data.buffer_mb", mb, "must be a number of MiB > 0 (a whole number of KiB), "
+                                                    "or null for the default")
+        knobs["buffer_bytes"] = int(mb * (1 << 20))
+    if OmegaConf.select(cfg, "data.refill") is not None:
+        knobs["refill"] = _switch(cfg, "data.refill")
+    return knobs
+
+
+def resolve_auto(cfg: DictConfig) -> dict[str, str]:
+    """writers=auto and data.producers=auto -> numbers, in cfg (so params and run name hold them),
+    chosen by workloads.data.auto_tune from the usable CPUs and a calibration of dgen-py; printed.
+    Returns the tag that says what was auto. Any other bad knob fails here by name (to_spec)."""
+    keys = [k for k in AUTO_KEYS if OmegaConf.select(cfg, k) == "auto"]
+    if not keys:
+        return {}
+    from workloads.data import auto_tune
+
+    spec = workloads.checked(to_spec(cfg))  # auto counts as 1 here
+    writers, producers, measured = auto_tune(spec, "writers" in keys, "data.producers" in keys)
+    chosen = {"writers": writers, "data.producers": producers}
+    for key in keys:
+        OmegaConf.update(cfg, key, chosen[key])
+    why = f"{measured['cpus']} usable CPUs"
+    if "datagen_1_mib_s" in measured:
+        why += (f"; one dgen-py producer {measured['datagen_1_mib_s']:.0f} MiB/s, one thread copies "
+                f"{measured['copy_mib_s']:.0f} MiB/s")
+    said = " ".join(f"{k}=auto->{chosen[k]}" for k in keys)
+    print(f"iosweep: {said} ({why})", flush=True)
+    return {"iosweep.auto": f"{said} ({why})"}
 
 
 def _merge_knobs(cfg: DictConfig) -> dict:
@@ -232,6 +291,12 @@ APPLIES = {
     **{f"engine.{k}": (lambda c: c.engine.name == "uring")
        for k in ("batch_submit", "batch_complete", "fixed_files", "fixed_bufs", "sqpoll")},
     "engine.access": lambda c: c.engine.name == "mmap",
+    # the streaming writer's pipeline: iosweep's own workers writing dgen-py data (fio fills its own buffers)
+    **{f"data.{k}": (lambda c: c.data.name == "dgen" and c.engine.name not in ("fio", "null")
+                     and Spec(pattern=c.pattern.name, trace=c.pattern.trace).writes)
+       for k in ("producers", "pool_buffers", "refill")},
+    "data.buffer_mb": lambda c: c.engine.name not in ("fio", "null") and Spec(pattern=c.pattern.name,
+                                                                              trace=c.pattern.trace).writes,
     "prefetch.after": lambda c: c.prefetch.blocks != 0,
     "target.dir": lambda c: c.target.name not in ("device", "file"),
     "target.path": lambda c: c.target.name in ("device", "file"),
@@ -296,6 +361,9 @@ def run_point(cfg: DictConfig) -> float:
             "parent_run_id": tracking.parent_run_id() if multirun else None}
     try:
         objective = _objective(cfg)
+        auto = resolve_auto(cfg)
+        if auto:  # the params and the name hold the resolved numbers
+            base.update(name=run_name(cfg), params=params_of(cfg, hc))
         spec = workloads.checked(to_spec(cfg))  # a point its engine or target refuses prints no header
         print(f"iosweep: {console.describe(spec)}", flush=True)
         result = workloads.run(spec, progress=progress)
@@ -336,6 +404,7 @@ def run_point(cfg: DictConfig) -> float:
     print(console.result_table(result), flush=True)
     measured, files = _measured(cfg, hc, result, start_ms)
     record = dict(base, **measured)
+    record["tags"].update(auto)
     _write_and_publish(run_dir, record, files)
     return float(record["metrics"].get(objective, float("nan")))
 
@@ -453,6 +522,7 @@ def _measured(cfg: DictConfig, hc, result: Result, start_ms: int, plot: bool = T
         "iosweep.warnings": "\n".join(result.warnings),
         "iosweep.overrides": " ".join(OmegaConf.to_container(hc.overrides.task)),  # as typed
         "iosweep.run_dir": str(Path(hc.runtime.output_dir).absolute()),
+        **({"iosweep.bottleneck": result.info["bottleneck"]} if "bottleneck" in result.info else {}),
         **host.host_tags(), **host.target_tags(result.info),
     }
     if os.environ.get(tracking.REPRODUCED_ENV):

@@ -56,6 +56,10 @@ class DataConf:
     dedup_ratio: Any = 1
     format: Optional[str] = None  # pattern=format_read only (conf/pattern/format_read.yaml sets it)
     rows: Any = None  # pattern=format_read only: rows of each worker's table
+    producers: Any = 1  # dgen-py threads per worker filling its buffers, or auto (workloads/data.py)
+    pool_buffers: Any = 4  # buffers in each worker's ring
+    buffer_mb: Any = None  # MiB per buffer, a multiple of block_kb; null: >= 1 MiB of whole blocks
+    refill: Any = True  # false: one buffer generated once and written again and again
 
 
 @dataclass
@@ -93,7 +97,7 @@ class IosweepConfig:
     append: AppendConf = field(default_factory=AppendConf)
     record_bytes: Any = None
     block_kb: Any = 1024
-    writers: Any = 1
+    writers: Any = 1  # a whole number, or auto (runner.app.resolve_auto)
     iodepth: Any = 1
     size_mb: Any = 256
     files_per_writer: Any = 1

@@ -493,6 +493,36 @@ def load_ratios(table: list[dict], axes: list[str]) -> list[str]:
     return out
 
 
+def refill_ratios(table: list[dict], axes: list[str]) -> list[str]:
+    """data.refill swept (experiment=streaming_write, seeds 001/002): iosweep's throughput writing
+    fresh dgen-py data (true) over writing one buffer again and again (false), per point: the median
+    of the per-trial ratios, from valid runs, with the CPU each used. fio fills its own buffers
+    (data.refill does not apply to it): its runs are the reference of engine_ratios instead."""
+    if "data.refill" not in axes:
+        return []
+    others = [a for a in axes if a != "data.refill"]
+    groups: dict[tuple, dict[str, dict[str, dict]]] = {}
+    for r in _valid(table):
+        if r.get("engine", r["_params"].get("engine")) == REFERENCE_ENGINE:
+            continue
+        key = tuple((a, r[a]) for a in others)
+        groups.setdefault(key, {}).setdefault(r.get("trial", "0"), {})[r["data.refill"]] = r
+    out = []
+    for key, trials in sorted(groups.items(), key=lambda kv: _natural(kv[0])):
+        pairs = [(t["true"], t["false"]) for t in trials.values() if "true" in t and "false" in t
+                 and t["false"]["throughput_mib_s"] > 0]
+        if not pairs:
+            continue
+        ratios = [f["throughput_mib_s"] / s["throughput_mib_s"] for f, s in pairs]
+        med = lambda xs: float(np.median(xs))  # noqa: E731
+        out.append(f"Fresh dgen-py data (data.refill=true) {med(ratios):.2f}x the throughput of one buffer rewritten "
+                   f"(data.refill=false) at {_label(key)}: {med([f['throughput_mib_s'] for f, _ in pairs]):.1f} vs "
+                   f"{med([s['throughput_mib_s'] for _, s in pairs]):.1f} MiB/s, CPU "
+                   f"{med([f['cpu_util_pct'] for f, _ in pairs]):.0f}% vs {med([s['cpu_util_pct'] for _, s in pairs]):.0f}% "
+                   f"(median of {len(pairs)} trials, ratio range {min(ratios):.2f}–{max(ratios):.2f})")
+    return out
+
+
 def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[str]:
     """What the sweep says, from the valid points of its table and its engine_ratios()."""
     axes = sweep_axes(columns)
@@ -562,6 +592,7 @@ def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[
         out += format_ratios(table, axes)
     out += load_ratios(table, axes)
     out += append_findings(table, axes)
+    out += refill_ratios(table, axes)
     for r in table:
         if r["status"] != "FINISHED":
             out.append(f"FAILED: {' '.join(f'{a}={r[a]}' for a in columns)}: {r['error']}")

@@ -73,6 +73,9 @@ def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
         if low < 0:
             notes.append(f"the 95% CI of throughput reaches below zero ({low:.1f} MiB/s): {spec.repeats} repeats "
                          "are too few or too noisy for an interval; raise repeats or the window (shown unclamped)")
+    if spec.writes and result.bytes_written and not spec.metadata and _own_writer(spec):
+        result.info["bottleneck"], line = bottleneck(spec, result)
+        notes.append(line)
     measured = result.data_measured
     if spec.data.kind == "dgen" and measured:
         got_c = measured["data_compress_ratio_measured"]
@@ -86,6 +89,54 @@ def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
             notes.append(f"dgen-py makes compressible data with zero runs: at 4 KiB those zero blocks also dedup "
                          f"({measured['data_dedup_ratio_measured']:.2f}:1 measured)")
     return not invalid, invalid + notes
+
+
+def _own_writer(spec: Spec) -> bool:
+    """iosweep's own workers did the I/O (fio measures no data waits; the null engine does no I/O)."""
+    from . import engines
+
+    engine = engines.get(spec.engine)
+    return engine.does_io and not engine.external
+
+
+BOTTLENECK_DATA_PCT = 10.0  # the writer waited longer than this share of its window for data
+BOTTLENECK_CPU_PCT = 90.0  # the usable CPUs were at least this busy over the window
+
+
+def bottleneck(spec: Spec, result: Result) -> tuple[str, str]:
+    """Where a writing run's time went (seed 002's bottleneck analysis), from what was measured:
+    cpu if the usable CPUs were >= 90% busy over the window (all processes and the kernel's threads:
+    generation, the writers and the kernel's copies compete for them; when the writer also waited
+    for data, its producers could not get a CPU in time); else data_generation if any worker's
+    writer waited > 10% of its window for a filled buffer (more data.producers or data.pool_buffers
+    help); else storage (the writer was busy writing; its producers, if any, waited for free buffers).
+    Returns (storage|data_generation|cpu, the line with the numbers behind it)."""
+    from .data import usable_cpus
+
+    m = result.metrics()
+    cpus = usable_cpus()
+    data_max, data_mean = m.get("data_wait_pct_max", 0.0), m.get("data_wait_pct_mean", 0.0)
+    busy = result.info.get("system_cpu_pct")
+    if busy is None:  # no system-wide figure: the workers' own CPU time against every usable CPU
+        busy = m.get("cpu_util_pct", 0.0) / cpus
+    if busy >= BOTTLENECK_CPU_PCT:
+        verdict = "cpu"
+    elif data_max > BOTTLENECK_DATA_PCT:
+        verdict = "data_generation"
+    else:
+        verdict = "storage"
+    parts = [f"writers waited {data_mean:.1f}% (max {data_max:.1f}%) of the window for data"]
+    if "producer_wait_pct_mean" in m:
+        parts.append(f"producers waited {m['producer_wait_pct_mean']:.1f}% (max {m['producer_wait_pct_max']:.1f}%) "
+                     "for a free buffer")
+    elif spec.data.kind == "zeros" or not spec.data.refill:
+        parts.append("one buffer rewritten (no generation in the window)")
+    if result.datagen_mib_s is not None:
+        parts.append(f"generator alone {result.datagen_mib_s:.0f} MiB/s per worker with data.producers="
+                     f"{spec.data.producers} vs {m['throughput_mib_s'] / spec.writers:.0f} MiB/s written per worker")
+    parts.append(f"CPUs {busy:.0f}% busy ({cpus} usable; the workers used {m.get('cpu_util_pct', 0.0):.0f}% "
+                 "of one)")
+    return verdict, f"bottleneck: {verdict} ({'; '.join(parts)})"
 
 
 def _write_advice(spec: Spec, io_mode: str = "buffered") -> str:

@@ -139,6 +139,9 @@ def combine(results: list["Result"]) -> "Result":
             out.lat_fsync = (out.lat_fsync or LatencyHistogram()).merge(r.lat_fsync)
         out.cpu_s += r.cpu_s
         out.datagen_wait_s += r.datagen_wait_s
+        for k, v in r.pipeline.items():
+            out.pipeline[k] = out.pipeline.get(k, []) + list(v)
+        out.datagen_mib_s = first.datagen_mib_s
         for k, v in r.counters.items():  # a maximum (`*_max_us`) is the largest, the rest add up
             out.counters[k] = max(out.counters.get(k, 0.0), v) if k.endswith("_max_us") else out.counters.get(k, 0.0) + v
         for name, p in r.metadata.items():  # pattern=metadata: ops and windows add, histograms merge
@@ -171,6 +174,10 @@ class Result:
     io_mode: str  # direct | buffered | direct-ignored | none (null engine)
     cpu_s: float = 0.0  # user+system seconds of the workers inside the window
     datagen_wait_s: float = 0.0  # time workers waited for dgen-py, summed
+    # the streaming writer (data=dgen, refill): per worker, % of its window the writer waited for data
+    # ("data_wait_pct") and its producers for a free buffer ("producer_wait_pct"); repeats append
+    pipeline: dict = field(default_factory=dict)
+    datagen_mib_s: float | None = None  # the generator alone, before the window (data.calibrate)
     device_read_bytes: int | None = None  # the block device's own counters over the window
     device_write_bytes: int | None = None
     device_requests: dict = field(default_factory=dict)  # read/write ios, merges, time_ms over the window
@@ -240,6 +247,11 @@ class Result:
             m["cpu_util_pct"] = 100.0 * self.cpu_s / el  # workers' CPU time; 100 = one core busy
         if len(self.repeat_throughputs) > 1:
             m.update(repeat_stats(self.repeat_throughputs))
+        for k, per_worker in self.pipeline.items():  # where the streaming writer's time went
+            if per_worker:
+                m[f"{k}_mean"], m[f"{k}_max"] = float(np.mean(per_worker)), float(np.max(per_worker))
+        if self.datagen_mib_s is not None:
+            m["datagen_mib_s"] = self.datagen_mib_s
         m.update(self.data_measured)
         m.update(self.counters)
         if "rows_read" in self.counters and el > 0:  # pattern=format_read: decoded rows

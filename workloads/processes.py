@@ -153,7 +153,7 @@ def run_workers(spec: Spec, placement, progress) -> Result:
     sampler = Sampler(spec, shared.ops_done, shared.starts, progress, placement.device,
                       shared.bytes_done if spec.variable_lengths else None)
     watch = _Watch(spec, procs, shared)
-    dev0 = dev1 = None
+    dev0 = dev1 = cpu0 = cpu1 = None
     try:
         for p, (_, writer) in zip(procs, shared.results):
             p.start()
@@ -162,11 +162,13 @@ def run_workers(spec: Spec, placement, progress) -> Result:
         _collect(got, procs, conns, shared, until=lambda: all(shared.prepared) or len(got) == n, watch=watch)
         if not any(o.get("error") for o in got.values()):
             dev0 = device_counters(placement.device)
+            cpu0 = system_cpu_times()
             watch.started()
             shared.release()
             _collect(got, procs, conns, shared, until=lambda: len(got) == n, sampler=sampler, watch=watch)
             sampler.poll(final=True)
             dev1 = device_counters(placement.device)
+            cpu1 = system_cpu_times()
     except (KeyboardInterrupt, Interrupted, Stuck) as e:
         started = shared.released
         _stop(shared, procs, conns, got)  # workers return after their current op
@@ -190,6 +192,8 @@ def run_workers(spec: Spec, placement, progress) -> Result:
     result = _merge(spec, list(got.values()), placement, sampler.rows)
     result.warnings[:0] = warnings
     result.set_device_traffic(_window_start(spec, dev0, sampler), dev1)
+    if cpu0 and cpu1 and cpu1[1] > cpu0[1]:  # busy share of the usable CPUs, the kernel's work for us included
+        result.info["system_cpu_pct"] = 100.0 * (cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1])
     return result
 
 
@@ -352,12 +356,46 @@ def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> R
         ops_read=ops_r, ops_written=ops_w, lat_read=hist_r, lat_write=hist_w,
         io_mode=placement.io_mode, cpu_s=sum(o["cpu_s"] for o in outs),
         datagen_wait_s=sum(o["datagen_wait_ns"] for o in outs) / 1e9,
+        pipeline=pipeline_shares(outs),
         timeseries=timeseries,
         info={"stopped": any(o.get("stopped") for o in outs), "ramp_done": all(o["ramp_done"] for o in outs),
               **({"file_bytes": sum(o["file_bytes"] for o in outs)} if "file_bytes" in outs[0] else {})},
         counters=merge_counters([o.get("counters") or {} for o in outs]),
         lat_fsync=hist_fsync if any("hist_fsync" in o for o in outs) else None,
     )
+
+
+def system_cpu_times() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the CPUs this process may use, since boot: every process and the
+    kernel's threads (a loop device's copies, writeback), which the workers' own CPU time misses."""
+    try:
+        usable = sorted(os.sched_getaffinity(0))
+        per_cpu = psutil.cpu_times(percpu=True)
+    except (AttributeError, OSError):
+        return None
+    busy = total = 0.0
+    for i in usable:
+        if i < len(per_cpu):
+            t = per_cpu[i]
+            idle = t.idle + getattr(t, "iowait", 0.0)
+            all_ = sum(t)
+            busy, total = busy + all_ - idle, total + all_
+    return busy, total
+
+
+def pipeline_shares(outs: list[dict]) -> dict[str, list[float]]:
+    """Per worker, over its own window: the % the writer waited for data, the % its producers waited
+    for a free buffer (their summed wait over producers x window). Workers that write no generated
+    data (reads, zeros, data.refill=false) have no producers and are left out of the second."""
+    data, producers = [], []
+    for o in outs:
+        window = o["t_end"] - o["t_measure"]
+        if window <= 0 or "producers" not in o:
+            continue
+        data.append(100.0 * o["datagen_wait_ns"] / window)
+        if o["producers"]:
+            producers.append(100.0 * o["producer_wait_ns"] / (window * o["producers"]))
+    return {"data_wait_pct": data, "producer_wait_pct": producers} if producers else {}
 
 
 def merge_counters(per_worker: list[dict]) -> dict[str, float]:

@@ -23,6 +23,8 @@ TIMINGS = ("asap", "original")  # pattern=replay: issue the trace's ops back to 
 CACHE_MODES = ("cold", "warm", "drop")
 DATA_KINDS = ("dgen", "zeros")
 PAGE = 4096
+MAX_PIPELINE = 1024  # data.producers, data.pool_buffers: beyond this, threads or buffers per worker are a typo
+MAX_POOL_BYTES = 16 << 30  # data.buffer_mb x data.pool_buffers per worker
 MAX_WRITERS = 256  # beyond this a 2..64-core box only measures its scheduler
 MAX_SECONDS = 7 * 24 * 3600  # a week: longer is a typo, and ns clocks and fio's runtime still hold it
 MAX_IODEPTH = 32768  # IORING_MAX_ENTRIES: the largest ring the kernel makes
@@ -68,6 +70,12 @@ class DataSpec:
     dedup_ratio: int = 1
     format: str | None = None  # pattern=format_read only: one of TABLE_FORMATS
     rows: int | None = None  # pattern=format_read only: rows of each worker's table
+    # the streaming writer's pipeline per worker (workloads/data.py): producers threads of dgen-py
+    # fill pool_buffers chunks of buffer_bytes (None: data.chunk_bytes' rule) that the writer writes
+    producers: int = 1
+    pool_buffers: int = 4
+    buffer_bytes: int | None = None
+    refill: bool = True  # False: one chunk generated once and written again and again (seed 001's single buffer)
 
 
 @dataclass(frozen=True)
@@ -287,6 +295,7 @@ class Spec:
             value = getattr(self.data, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}", value, "must be an integer >= 1 (dgen-py takes whole ratios)")
+        self._check_pipeline()
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED:
             raise ConfigError("seed", self.seed, f"must be a whole number from 0 to {MAX_SEED} (2**63 - 2)")
         if self.ioengine is not None and self.ioengine not in FIO_IOENGINES:  # it is written into fio's job file
@@ -297,6 +306,31 @@ class Spec:
 
         check_hints(self)
         return self
+
+    def _check_pipeline(self) -> None:
+        """data.producers, data.pool_buffers, data.buffer_mb, data.refill: the writer's data pipeline."""
+        d = self.data
+        for key, value, what in (("producers", d.producers, "dgen-py threads filling each worker's buffers"),
+                                 ("pool_buffers", d.pool_buffers, "buffers in each worker's ring")):
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_PIPELINE:
+                raise ConfigError(f"data.{key}", value, f"must be a whole number from 1 to {MAX_PIPELINE} ({what}), "
+                                                        "or auto for data.producers")
+        if not isinstance(d.refill, bool):
+            raise ConfigError("data.refill", d.refill, "must be true or false")
+        if d.buffer_bytes is None:
+            return
+        mb, bs = d.buffer_bytes / (1 << 20), self.block_size
+        mb = int(mb) if mb == int(mb) else mb
+        if d.buffer_bytes < bs:
+            raise ConfigError("data.buffer_mb", mb, f"is smaller than block_kb={bs >> 10}: a buffer holds whole "
+                                                          f"blocks; set data.buffer_mb >= {-(-bs // (1 << 20))} "
+                                                          "or null (the default rule)")
+        if d.buffer_bytes % bs:
+            raise ConfigError("data.buffer_mb", mb, f"is not a multiple of block_kb={bs >> 10}: a buffer holds "
+                                                          "whole blocks; choose a multiple, or null (the default rule)")
+        if d.buffer_bytes * d.pool_buffers > MAX_POOL_BYTES:
+            raise ConfigError("data.buffer_mb", mb, f"x data.pool_buffers={d.pool_buffers} is more than "
+                                                          f"{MAX_POOL_BYTES >> 30} GiB per worker: lower either")
 
     def _check_format_read(self) -> None:
         """data.format and data.rows belong to pattern=format_read, which reads its own table with

@@ -124,6 +124,7 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
         deadline = ramp_end + int(spec.duration_s * 1e9) if spec.duration_s else NEVER
         measuring = spec.ramp_s <= 0
         t_measure, cpu0, wait0 = t_start, cpu_s(), (wsrc.wait_ns if wsrc else 0)
+        pwait0 = wsrc.producer_wait_ns() if wsrc else 0
         if measuring:
             issuer.start_window()
         total_ops = total_bytes = 0
@@ -194,6 +195,7 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                         pacer.reset()
                     measuring, t_measure, cpu0 = True, t1, cpu_s()
                     wait0 = wsrc.wait_ns if wsrc else 0
+                    pwait0 = wsrc.producer_wait_ns() if wsrc else 0
                     issuer.start_window()
                 if t1 >= deadline or (stop is not None and stop.value) or os.getppid() != parent:
                     finished = True  # time is up, the parent asked us to stop, or it died
@@ -228,6 +230,9 @@ def worker_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
                 "bytes_r": rec_r.bytes if measuring else 0, "bytes_w": rec_w.bytes if measuring else 0,
                 "cpu_s": cpu_s() - cpu0, "ops_total": total_ops, "counters": counters,
                 "datagen_wait_ns": (wsrc.wait_ns if wsrc else 0) - wait0, "ramp_done": measuring,
+                # the producers' wait for a free buffer over the window, summed over `producers` threads
+                "producer_wait_ns": (wsrc.producer_wait_ns() if wsrc else 0) - pwait0,
+                "producers": wsrc.producers if wsrc else 0,
                 "stopped": bool(stop is not None and stop.value)}
     finally:
         if issuer is not None:

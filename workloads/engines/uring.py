@@ -16,7 +16,7 @@ import os
 
 import psutil
 
-from ..data import RING, chunk_bytes
+from ..data import stream_chunk_bytes
 from ..errors import ConfigError
 from .base import Engine, Issuer, register
 
@@ -148,7 +148,7 @@ class UringEngine(Engine):
                 raise ConfigError(f"engine.{key}", getattr(spec, key), "must be true or false")
         # each slot reads into its own block, and writes in flight need chunks of several queues' worth
         per_worker = (spec.iodepth * spec.max_op_bytes if spec.reads else 0) + \
-            (RING * chunk_bytes(spec.block_size, spec.iodepth) if spec.writes else 0)
+            (spec.data.pool_buffers * stream_chunk_bytes(spec) if spec.writes else 0)
         need, avail = per_worker * spec.writers, psutil.virtual_memory().available
         if need > MEMORY_SHARE * avail:
             raise ConfigError("iodepth", spec.iodepth,
