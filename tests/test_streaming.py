@@ -116,6 +116,24 @@ def test_a_slow_generator_shows_as_the_writer_waiting(tmp_path, monkeypatch):
     src.close()
 
 
+def test_a_failing_producer_is_raised_to_the_writer_not_waited_for(tmp_path, monkeypatch):
+    real = data_mod.stream_fill
+
+    def fails_after_the_first(*a):
+        if a[4] > 0:  # chunk 0 is filled before the producers start; every later one fails
+            raise MemoryError("no room for a chunk")
+        real(*a)
+
+    monkeypatch.setattr(data_mod, "stream_fill", fails_after_the_first)
+    s = spec(tmp_path, data=DataSpec("dgen", 1, 1, producers=2, pool_buffers=2))
+    src = DgenSource(s, 0, s.file_size)
+    t0 = time.perf_counter()
+    with pytest.raises(RuntimeError, match="dgen-py producer failed: no room for a chunk"):
+        src.advance()
+    assert time.perf_counter() - t0 < 5  # without the error hand-over the writer waited forever
+    src.close()
+
+
 def test_a_slow_writer_shows_as_the_producers_waiting(tmp_path):
     s = spec(tmp_path, data=DataSpec("dgen", 1, 1, producers=2, pool_buffers=3))
     src = DgenSource(s, 0, s.file_size)

@@ -153,6 +153,7 @@ class DgenSource(BlockSource):
         self._next_index = 1  # chunk 0 is filled here, before the start
         self._want = 1  # the index the writer takes next
         self._waited_ns = 0  # producers' finished waits for a free buffer
+        self._error: BaseException | None = None  # a producer's failure, raised to the writer by advance()
         self._waiting_since = [0] * self.producers  # a producer blocked now: since when (0: not)
         self._current = self.buffers[0]
         self._fill(0, self._current)
@@ -178,7 +179,13 @@ class DgenSource(BlockSource):
                     return
                 index = self._next_index
                 self._next_index += 1
-            self._fill(index, buf)
+            try:
+                self._fill(index, buf)
+            except BaseException as e:  # dgen-py failed: the writer must hear it, not wait for this chunk forever
+                with self._filled:
+                    self._error = e
+                    self._filled.notify_all()
+                return
             with self._filled:
                 self._ready[index] = buf
                 self._filled.notify_all()
@@ -198,7 +205,9 @@ class DgenSource(BlockSource):
         t0 = time.perf_counter_ns()
         with self._filled:
             while self._want not in self._ready:
-                self._filled.wait()
+                if self._error is not None:
+                    raise RuntimeError(f"dgen-py producer failed: {self._error}") from self._error
+                self._filled.wait(timeout=1.0)  # woken by a fill or a failure; the timeout is a backstop
             self._current = self._ready.pop(self._want)
             self._want += 1
         self.wait_ns += time.perf_counter_ns() - t0
