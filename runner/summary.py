@@ -363,18 +363,29 @@ def littles_law(series: list[tuple[float, dict]]) -> list[str]:
     return out
 
 
+def matched_points(rows: list[dict], axes: list[str], axis: str) -> list[tuple[tuple, dict[str, dict]]]:
+    """Aggregated rows grouped by their values on every axis but `axis`, each group keyed by its value
+    of `axis`, groups in natural order: the matched points an A/B finding compares."""
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple((a, r[a]) for a in axes if a != axis), {})[r[axis]] = r
+    return sorted(groups.items(), key=lambda kv: _natural(kv[0]))
+
+
+def others_than(by_value: dict, base: str, order: tuple) -> list[str]:
+    """The values of a group other than the baseline, in `order` (values not in it last)."""
+    return sorted((v for v in by_value if v != base), key=lambda v: (order + (v,)).index(v))
+
+
 def axis_ratios(table: list[dict], axes: list[str], axis: str) -> list[str]:
     """Each value of `axis` against its first value (engine=mmap against engine=sync, target=tmpfs
     against target=local): the median of the throughput ratios over points that match on every other
     axis, from valid runs."""
-    others = [a for a in axes if a != axis]
-    by_key: dict[tuple, dict[str, float]] = {}  # the other axes' values -> axis value -> MiB/s
-    for r in aggregate(table):
-        by_key.setdefault(tuple(r[a] for a in others), {})[r[axis]] = r["throughput_mib_s"]
+    matched = [{k: r["throughput_mib_s"] for k, r in by.items()} for _, by in matched_points(aggregate(table), axes, axis)]
     values = list(dict.fromkeys(r[axis] for r in _finished(table)))
     out = []
     for value in values[1:]:
-        ratios = [v[value] / v[values[0]] for v in by_key.values() if value in v and v.get(values[0], 0) > 0]
+        ratios = [v[value] / v[values[0]] for v in matched if value in v and v.get(values[0], 0) > 0]
         if ratios:
             out.append(f"{axis}={value} is {np.median(ratios):.2f}x {axis}={values[0]} throughput (median over "
                        f"{len(ratios)} matched points, range {min(ratios):.2f}-{max(ratios):.2f})")
@@ -384,15 +395,10 @@ def axis_ratios(table: list[dict], axes: list[str], axis: str) -> list[str]:
 def format_ratios(table: list[dict], axes: list[str]) -> list[str]:
     """pattern=format_read swept over data.format: each format's decoded rows/s against binary's
     (the raw array: the fastest a table can be read) at the same other axes, from valid runs."""
-    others = [a for a in axes if a != "data.format"]
-    groups: dict[tuple, dict[str, dict]] = {}
-    for r in aggregate(table, metric="rows_per_s"):  # only format_read runs have rows_per_s
-        groups.setdefault(tuple((a, r[a]) for a in others), {})[r["data.format"]] = r
-    out = []
-    for key, by_format in sorted(groups.items(), key=lambda kv: _natural(kv[0])):
+    out = []  # only format_read runs have rows_per_s
+    for key, by_format in matched_points(aggregate(table, metric="rows_per_s"), axes, "data.format"):
         where = f" ({_label(key)})" if key else ""
-        base = by_format.get("binary")
-        rest = sorted((f for f in by_format if f != "binary"), key=lambda f: (FORMATS + (f,)).index(f))
+        base, rest = by_format.get("binary"), others_than(by_format, "binary", FORMATS)
         if not rest:
             continue
         if base is None or base["rows_per_s"] <= 0:
@@ -433,14 +439,9 @@ def append_findings(table: list[dict], axes: list[str]) -> list[str]:
                    f"({r['throughput_mib_s']:.1f} MiB/s{extra})")
     if "append.fsync" not in axes:
         return out
-    others = [a for a in axes if a != "append.fsync"]
-    groups: dict[tuple, dict[str, dict]] = {}
-    for r in cells:
-        groups.setdefault(tuple((a, r[a]) for a in others), {})[r["append.fsync"]] = r
-    for key, by_policy in sorted(groups.items(), key=lambda kv: _natural(kv[0])):
+    for key, by_policy in matched_points(cells, axes, "append.fsync"):
         where = f" ({_label(key)})" if key else ""
-        base = by_policy.get("end")
-        rest = sorted((p for p in by_policy if p != "end"), key=lambda p: (POLICIES + (p,)).index(p))
+        base, rest = by_policy.get("end"), others_than(by_policy, "end", POLICIES)
         if not rest:
             continue
         if base is None or base["records_per_s"] <= 0:
@@ -577,12 +578,10 @@ def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[
                                        f"({r['throughput_mib_s'] / one['throughput_mib_s']:.2f}x)"
                                        for x, r in series if x != 1))
     if "pattern" in axes:
-        others = [a for a in axes if a != "pattern"]
-        by_key: dict[tuple, dict[str, float]] = {}  # the other axes' values -> pattern -> MiB/s
-        for r in aggregate(table):
-            by_key.setdefault(tuple(r[a] for a in others), {})[r["pattern"]] = r["throughput_mib_s"]
+        matched = [{k: r["throughput_mib_s"] for k, r in by.items()} for _, by in matched_points(aggregate(table), axes,
+                                                                                              "pattern")]
         for seq, rnd in (("seq_read", "rand_read"), ("seq_write", "rand_write")):
-            speedups = [v[seq] / v[rnd] for v in by_key.values() if seq in v and rnd in v and v[rnd] > 0]
+            speedups = [v[seq] / v[rnd] for v in matched if seq in v and rnd in v and v[rnd] > 0]
             if speedups:
                 out.append(f"{seq} is {np.median(speedups):.1f}x {rnd} (median over {len(speedups)} matched points)")
     for axis in ("engine", "target"):  # the notebook's mmap-vs-read and storage-type comparisons
