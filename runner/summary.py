@@ -372,9 +372,15 @@ def matched_points(rows: list[dict], axes: list[str], axis: str) -> list[tuple[t
     return sorted(groups.items(), key=lambda kv: _natural(kv[0]))
 
 
-def others_than(by_value: dict, base: str, order: tuple) -> list[str]:
-    """The values of a group other than the baseline, in `order` (values not in it last)."""
-    return sorted((v for v in by_value if v != base), key=lambda v: (order + (v,)).index(v))
+def against_baseline(rows: list[dict], axes: list[str], axis: str, baseline: str, order: tuple, metric: str):
+    """Per group of matched points (matched_points) holding values of `axis` besides `baseline`:
+    (where, rows by value, the baseline's row or None when it has no run with metric > 0, the other
+    values in `order`, values not in it last)."""
+    for key, by_value in matched_points(rows, axes, axis):
+        rest = sorted((v for v in by_value if v != baseline), key=lambda v: (order + (v,)).index(v))
+        if rest:
+            base = by_value.get(baseline)
+            yield (f" ({_label(key)})" if key else ""), by_value, base if base and base[metric] > 0 else None, rest
 
 
 def axis_ratios(table: list[dict], axes: list[str], axis: str) -> list[str]:
@@ -396,12 +402,9 @@ def format_ratios(table: list[dict], axes: list[str]) -> list[str]:
     """pattern=format_read swept over data.format: each format's decoded rows/s against binary's
     (the raw array: the fastest a table can be read) at the same other axes, from valid runs."""
     out = []  # only format_read runs have rows_per_s
-    for key, by_format in matched_points(aggregate(table, metric="rows_per_s"), axes, "data.format"):
-        where = f" ({_label(key)})" if key else ""
-        base, rest = by_format.get("binary"), others_than(by_format, "binary", FORMATS)
-        if not rest:
-            continue
-        if base is None or base["rows_per_s"] <= 0:
+    rows = aggregate(table, metric="rows_per_s")
+    for where, by_format, base, rest in against_baseline(rows, axes, "data.format", "binary", FORMATS, "rows_per_s"):
+        if base is None:
             out.append(f"Formats{where}: no valid data.format=binary run to compare {', '.join(rest)} with")
             continue
         for f in rest:
@@ -439,12 +442,8 @@ def append_findings(table: list[dict], axes: list[str]) -> list[str]:
                    f"({r['throughput_mib_s']:.1f} MiB/s{extra})")
     if "append.fsync" not in axes:
         return out
-    for key, by_policy in matched_points(cells, axes, "append.fsync"):
-        where = f" ({_label(key)})" if key else ""
-        base, rest = by_policy.get("end"), others_than(by_policy, "end", POLICIES)
-        if not rest:
-            continue
-        if base is None or base["records_per_s"] <= 0:
+    for where, by_policy, base, rest in against_baseline(cells, axes, "append.fsync", "end", POLICIES, "records_per_s"):
+        if base is None:
             out.append(f"Durability{where}: no valid append.fsync=end run to compare {', '.join(rest)} with")
             continue
         out.append(f"Durability cost{where}: " + "; ".join(
