@@ -6,6 +6,7 @@ the bad point becomes a FAILED child run carrying the one-line error and the swe
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 import workloads
 from workloads import ConfigError, DataSpec, Interrupted, Result, Spec, WorkloadError
+from workloads.spec import S3Spec
 
 from . import console, host, secrets, tracking
 from .schema import GROUPS
@@ -123,8 +125,36 @@ def to_spec(cfg: DictConfig) -> Spec:
         hint=cfg.hint, prefetch_blocks=_whole(cfg, "prefetch.blocks", 0), prefetch_after=_whole(cfg, "prefetch.after", 0),
         files_per_writer=_whole(cfg, "files_per_writer"), file_bytes=_file_bytes(cfg),
         trace=cfg.pattern.trace, timing=cfg.pattern.timing or "asap", order=cfg.pattern.order or "file",
-        **_merge_knobs(cfg), **_append_knobs(cfg),
+        **_merge_knobs(cfg), **_append_knobs(cfg), **_s3_knobs(cfg),
     ).check()
+
+
+def _s3_knobs(cfg: DictConfig) -> dict:
+    """target=s3's keys and object_mb, type-checked (workloads/targets/s3.py checks the rest); other
+    targets leave them out."""
+    if cfg.target.name != "s3":
+        return {}
+    mb = OmegaConf.select(cfg, "object_mb")
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not math.isfinite(mb) or mb <= 0 \
+            or (mb * (1 << 20)) % 1024 or mb > (5 << 20):
+        raise ConfigError("object_mb", mb, "must be a number of MiB > 0 (a whole number of KiB, at most 5 TiB, "
+                                           "S3's largest object)")
+    t = cfg.target
+    text = {k: OmegaConf.select(cfg, f"target.{k}") for k in ("endpoint_url", "bucket", "prefix", "region",
+                                                             "access_key_id", "secret_access_key")}
+    for key, value in text.items():
+        if value is not None and not isinstance(value, str):
+            shown = "MASKED" if key in ("access_key_id", "secret_access_key") else value
+            raise ConfigError(f"target.{key}", shown, "must be a string (quote it)")
+    if text["bucket"] is None:
+        raise ConfigError("target.bucket", None, "target=s3 needs a bucket: set target.bucket=NAME")
+    return {"object_bytes": int(mb * (1 << 20)), "s3": S3Spec(
+        endpoint_url=text["endpoint_url"], bucket=text["bucket"], prefix=text["prefix"] or "",
+        region=text["region"] or "us-east-1", access_key_id=text["access_key_id"],
+        secret_access_key=text["secret_access_key"], max_connections=_whole(cfg, "target.max_connections"),
+        multipart_bytes=int(_number(cfg, "target.multipart_mb") * (1 << 20)),
+        create_bucket=_switch(cfg, "target.create_bucket"),
+        connect_timeout_s=_number(cfg, "target.connect_timeout_s"), read_timeout_s=_number(cfg, "target.read_timeout_s"))}
 
 
 def _append_knobs(cfg: DictConfig) -> dict:
@@ -270,6 +300,9 @@ def run_name(cfg: DictConfig) -> str:
     if get("pattern.name") == "append":  # records, not blocks: their size, buffering and durability policy
         return (f"append {get('record_bytes')} B {get('append.mode')} fsync={get('append.fsync') or 'default'} "
                 f"x{get('writers')} {get('engine.name')}")
+    if get("target.name") == "s3" and get("pattern.name") != "metadata":  # objects: their size (and a range's)
+        rng = f" ranges {get('block_kb')}k" if get("pattern.name") == "rand_read" else ""
+        return f"{get('pattern.name')} {get('object_mb')}MiB objects{rng} x{get('writers')} s3"
     return f"{get('pattern.name')} {get('block_kb')}k x{get('writers')} {get('engine.name')}"
 
 
@@ -277,10 +310,10 @@ def run_name(cfg: DictConfig) -> str:
 # shows only the knobs that shaped the measurement
 APPLIES = {
     "pattern.read_pct": lambda c: c.pattern.name == "mixed",  # the other patterns fix the mix
-    "block_kb": lambda c: c.pattern.name not in ("replay", "format_read", "append"),  # replay: the trace's ops set their
+    "block_kb": lambda c: c.pattern.name not in ("replay", "format_read", "append") and not _s3_whole(c),  # replay: the trace's ops set their
     #           lengths; format_read: a load is one call of the format's reader
     "merge.batch": lambda c: c.merge_kb not in (None, -1),
-    "end_fsync": lambda c: Spec(pattern=c.pattern.name, trace=c.pattern.trace).writes
+    "end_fsync": lambda c: Spec(pattern=c.pattern.name, trace=c.pattern.trace).writes and c.target.name != "s3"
     and not (c.pattern.name == "append" and c.append.fsync is not None),  # append.fsync decides then
     "append.buffer_kb": lambda c: c.append.mode == "buffered",
     "append.fsync_every": lambda c: c.append.fsync == "every",
@@ -298,7 +331,7 @@ APPLIES = {
     "data.buffer_mb": lambda c: c.engine.name not in ("fio", "null") and Spec(pattern=c.pattern.name,
                                                                               trace=c.pattern.trace).writes,
     "prefetch.after": lambda c: c.prefetch.blocks != 0,
-    "target.dir": lambda c: c.target.name not in ("device", "file"),
+    "target.dir": lambda c: c.target.name not in ("device", "file", "s3"),
     "target.path": lambda c: c.target.name in ("device", "file"),
     "target.size_mb": lambda c: c.target.name == "file",
     "size_mb": lambda c: c.target.name != "file" and c.file_kb is None
@@ -307,10 +340,21 @@ APPLIES = {
     #          format_read: data.rows sizes the table; replay: the trace's extent
     "files_per_writer": lambda c: c.target.name != "file" and c.pattern.name not in ("format_read", "replay"),
     "target.allow_overwrite": lambda c: c.target.name == "device",
+    "object_mb": lambda c: c.target.name == "s3" and c.pattern.name != "metadata",
+    **{k: (lambda c: c.target.name != "s3") for k in ("cache", "direct", "hint")},  # knobs of files
     "data.compress_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file"  # file: the user's bytes
     and c.pattern.name != "format_read",  # format_read: numpy's table, not dgen's bytes
     "data.dedup_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file" and c.pattern.name != "format_read",
 }
+
+
+def _s3_whole(c: DictConfig) -> bool:
+    """target=s3 requests of whole objects in one request: block_kb (a range, a multipart part) plays no part."""
+    if c.target.name != "s3":
+        return False
+    if c.pattern.name == "rand_read":
+        return False
+    return c.pattern.name == "metadata" or c.pattern.name == "seq_read" or not c.object_mb > c.target.multipart_mb
 
 
 def _applies(key: str, cfg: DictConfig) -> bool:
@@ -349,6 +393,8 @@ def run_point(cfg: DictConfig) -> float:
     read from the run dirs (tracking.sweep_points), never from this return value.
     """
     hc = HydraConfig.get()
+    for name in ("botocore", "boto3"):  # target=s3: "Found credentials in environment variables" is not news
+        logging.getLogger(name).setLevel(logging.WARNING)
     secrets.remember_config(cfg)  # also values interpolated into harmless keys: masked at every exit
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)

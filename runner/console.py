@@ -48,6 +48,20 @@ def describe(spec: Spec) -> str:
     what = f"{spec.pattern}" + (f" read_pct={spec.read_pct}" if spec.pattern == "mixed" else "")
     how = f"duration {spec.duration_s:g} s" if spec.duration_s else \
         "all of target.path" if spec.size_bytes is None else f"{spec.size_bytes >> 20} MiB"
+    if spec.target == "s3":  # objects: their size and count, the bucket and the server
+        where = f"target s3://{spec.s3.bucket}/{spec.s3.prefix} at {spec.s3.host}"
+        if spec.metadata:
+            return (f"metadata (PUT/HEAD/LIST/GET/DELETE)  {spec.files_per_writer} objects x {spec.per_file / 1024:g} "
+                    f"KiB per writer  writers {spec.writers}  {where}")
+        ob = spec.object_bytes / MIB
+        what = f"{spec.pattern}" + (f" read_pct={spec.read_pct}" if spec.pattern == "mixed" else "")
+        req = f"ranged GETs of {spec.block_size >> 10} KiB" if spec.pattern == "rand_read" else \
+            f"multipart, parts of {spec.block_size >> 10} KiB" if spec.writes and spec.object_bytes > spec.s3.multipart_bytes \
+            else "one request per object"
+        how = f"duration {spec.duration_s:g} s" if spec.duration_s else "one pass"
+        return (f"{what}  objects of {ob:g} MiB ({req})  writers {spec.writers}  iodepth {spec.iodepth}  "
+                f"{spec.objects_per_writer} objects per writer ({spec.file_size * spec.writers / MIB:g} MiB)  {how}  "
+                f"{where}")
     if spec.pattern == "format_read":  # no blocks, no size_mb: a table of data.rows rows per worker, loaded whole
         return (f"format_read {spec.data.format} {spec.data.rows} rows  writers {spec.writers}  "
                 f"{how if spec.duration_s else 'one load each'}  target {spec.target}:{spec.target_dir}")
@@ -78,7 +92,9 @@ def result_table(result: Result) -> str:
     info = result.info
     n = int(m.get("repeats", 1))
     pooled = f" (pooled: {n} repeats)" if n > 1 else ""
-    lines = [f"  io_mode {result.io_mode}   fs {info.get('fs_type', '?')} on {info.get('device') or '?'}"
+    where = f"s3 {info['s3_endpoint']} ({info.get('s3_server') or 'server not named'}) bucket {info['s3_bucket']}" \
+        if "s3_endpoint" in info else f"fs {info.get('fs_type', '?')} on {info.get('device') or '?'}"
+    lines = [f"  io_mode {result.io_mode}   {where}"
              + (f"   {info['hint']}" if info.get("hint") else "")
              + (f"   {info['append']}" if info.get("append") else "")]  # pattern=append: how records went
     if n > 1:
@@ -95,6 +111,9 @@ def result_table(result: Result) -> str:
     if not result.metadata or result.latency.total:  # pattern=metadata: its own latency table below
         lines.append("  latency us   " + "  ".join(
             f"{k} {m[f'lat_{k}_us']:.1f}" for k in ("p50", "p90", "p99", "p999", "max")) + pooled)
+    if "ttfb_p50_us" in m:  # target=s3: the server's answer before the body
+        lines.append("  ttfb us      " + "  ".join(f"{k} {m[f'ttfb_{k}_us']:.1f}" for k in ("p50", "p90", "p99", "p999"))
+                     + pooled)
     if "throughput_mib_s_std" in m:
         low = m["throughput_mib_s_ci95_low"]
         lines.append(f"  repeats {n}: throughput mean {m['throughput_mib_s']:.1f} MiB/s, std "

@@ -79,6 +79,9 @@ def device_description(device: str) -> str:
 def target_tags(info: dict) -> dict[str, str]:
     tags = {"target.fs_type": info.get("fs_type", ""), "target.mount_opts": info.get("mount_opts", ""),
             "target.mountpoint": info.get("mountpoint", ""), "target.device": device_description(info.get("device", ""))}
+    for key in ("s3_endpoint", "s3_bucket", "s3_prefix", "s3_server"):  # target=s3: where, never credentials
+        if info.get(key):
+            tags[f"target.{key}"] = str(info[key])
     if info.get("fio_version"):
         tags["version.fio"] = info["fio_version"]
     return tags

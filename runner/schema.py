@@ -26,6 +26,18 @@ class TargetConf:
     path: Optional[str] = None  # target=device: an existing file or block device; target=file: file, dir or glob
     size_mb: Any = None  # target=file: cap on the bytes read (MiB); null: the files' size
     allow_overwrite: Any = False  # target=device: consent to overwrite it
+    # target=s3 (conf/target/s3.yaml sets them; workloads/targets/s3.py checks them)
+    endpoint_url: Optional[str] = None
+    bucket: Any = None
+    prefix: Any = None
+    region: Any = None
+    access_key_id: Any = None
+    secret_access_key: Any = None
+    max_connections: Any = None
+    multipart_mb: Any = None
+    create_bucket: Any = None
+    connect_timeout_s: Any = None
+    read_timeout_s: Any = None
 
 
 @dataclass
@@ -102,6 +114,7 @@ class IosweepConfig:
     size_mb: Any = 256
     files_per_writer: Any = 1
     file_kb: Any = None
+    object_mb: Any = 16  # target=s3: MiB per object
     duration_s: Any = None
     ramp_s: Any = 0.0
     direct: Any = False

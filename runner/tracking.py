@@ -672,7 +672,9 @@ OBJECTIVES = ("throughput_mib_s", "iops", "elapsed_s", "bytes_total", "ops_total
               "cpu_util_pct", "cache_served_pct", "device_read_bytes", "device_write_bytes",
               "rows_per_s",  # pattern=format_read
               "records_per_s", "fsyncs", "fsync_p50_us", "fsync_p99_us", "write_amplification",  # pattern=append
-              *(f"{op}_{m}" for op in ("create", "stat", "open", "unlink") for m in ("per_s", "p50_us", "p99_us")))
+              "ttfb_p50_us", "ttfb_p99_us", "objects_total",  # target=s3
+              *(f"{op}_{m}" for op in ("create", "stat", "open", "unlink", "put", "head", "list", "get", "delete")
+                for m in ("per_s", "p50_us", "p99_us")))
 
 
 def describe_sweep(c, parent_id: str, notes: list[str]) -> None:

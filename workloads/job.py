@@ -77,7 +77,7 @@ def _run_once(spec: Spec, engine, progress) -> Result:
     placement = target.prepare()
     if engine.io_mode and placement.io_mode == "buffered":
         placement.io_mode = engine.io_mode  # page-cache I/O, through the engine's own path (a mapping)
-    result = None
+    result = failure = None
     try:
         if engine.does_io:
             target.create_files(placement)
@@ -86,7 +86,7 @@ def _run_once(spec: Spec, engine, progress) -> Result:
         else:
             result = run_workers(spec, placement, progress)
     except (Interrupted, WorkloadError) as stopped:
-        result = getattr(stopped, "partial", None)
+        result, failure = getattr(stopped, "partial", None), stopped
         raise
     finally:
         if result is not None:  # also what an interrupted run measured: say where it ran
@@ -105,5 +105,11 @@ def _run_once(spec: Spec, engine, progress) -> Result:
             if spec.keep_files:
                 result.info["files"] = [str(p) for p in placement.files]
         if not spec.keep_files:
+            said = len(placement.warnings)
             target.cleanup(placement)
+            late = placement.warnings[said:]  # what cleanup could not remove (target=s3: the server is gone)
+            if late and result is not None:
+                result.warnings += late
+            if late and isinstance(failure, WorkloadError):
+                failure.args = ("; ".join([str(failure), *late]),)
     return result

@@ -21,6 +21,13 @@ PAGE_CACHE_MODES = ("buffered", "mmap")  # I/O through the page cache: reads may
 def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
     invalid: list[str] = []
     notes: list[str] = []
+    if spec.target == "s3":  # no device here to check: what the server did is its own affair
+        notes.append(f"target=s3: figures of the S3 server at {spec.s3.host} over HTTP, its caches included "
+                     "(iosweep sees no device behind it)")
+    if spec.metadata and spec.target == "s3":
+        if not result.info.get("ramp_done", True) or result.info.get("stopped"):
+            invalid.append("the run stopped inside a phase: its rates cover only the objects handled")
+        return not invalid, invalid + notes
     if spec.metadata:  # mdtest's rates: of the filesystem with its caches, not of the device
         notes.append("pattern=metadata: rates include the page, inode and dentry caches, as mdtest's do (each "
                      "phase works on files the previous one just touched)")

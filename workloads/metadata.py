@@ -63,14 +63,37 @@ def _ops(spec, buf):
     return {"create": create, "stat": os.stat, "open": read, "unlink": os.unlink}
 
 
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def phase_names(spec) -> tuple[str, ...]:
+    if spec.target == "s3":
+        from .objects import PHASES as OBJECT_PHASES
+
+        return OBJECT_PHASES
+    return PHASES
+
+
 def metadata_loop(spec, worker: int, directory: str, wait_start, ops_done=None, stop=None, phase_done=None) -> dict:
-    """Run the four phases over this worker's files; return per-phase op counts, windows and histograms.
+    """Run the phases over this worker's files (target=s3: its objects, `directory` being its key
+    prefix); return per-phase op counts, windows and histograms.
 
     `phase_done` (shared, one slot per worker) is the barrier between phases: a worker marks the
-    phases it finished and starts the next when every worker has finished this one. None: alone."""
-    paths = file_paths(directory, spec.files_per_writer)
-    buf = aligned_buffer(spec.per_file) if spec.per_file else None
-    ops = _ops(spec, buf)
+    phases it finished and starts the next when every worker has finished this one. None: alone.
+    The first phase creates the files, the last removes them."""
+    if spec.target == "s3":  # the same phases as S3 requests: PUT, HEAD, LIST, GET, DELETE (objects.py)
+        from .objects import metadata_ops
+
+        paths, ops, remove = metadata_ops(spec, worker, directory)
+    else:
+        paths = file_paths(directory, spec.files_per_writer)
+        buf = aligned_buffer(spec.per_file) if spec.per_file else None
+        ops, remove = _ops(spec, buf), _unlink
+    names = phase_names(spec)
     lat = np.zeros(len(paths), dtype=np.int64)
     clock = time.perf_counter_ns
     parent = os.getppid()
@@ -82,7 +105,7 @@ def metadata_loop(spec, worker: int, directory: str, wait_start, ops_done=None, 
     cpu0 = cpu_s()
     t_first = clock()
     try:
-        for k, name in enumerate(PHASES):
+        for k, name in enumerate(names):
             if k and not _barrier(phase_done, worker, k, stop, parent):
                 break
             op, done = ops[name], 0
@@ -92,9 +115,9 @@ def metadata_loop(spec, worker: int, directory: str, wait_start, ops_done=None, 
                 op(path)
                 lat[i] = clock() - a
                 done = i + 1
-                if name == "create":
+                if k == 0:  # create
                     alive = (0, done)
-                elif name == "unlink":
+                elif k == len(names) - 1:  # unlink
                     alive = (done, len(paths))
                 if done % GROUP_OPS == 0:
                     if ops_done is not None:
@@ -111,13 +134,13 @@ def metadata_loop(spec, worker: int, directory: str, wait_start, ops_done=None, 
             if done < len(paths):  # stopped inside the phase
                 break
         if phase_done is not None:
-            phase_done[worker] = len(PHASES)  # no one waits for this worker any more
+            phase_done[worker] = len(names)  # no one waits for this worker any more
     finally:
         for path in paths[alive[0]:alive[1]]:  # stopped or failed: what this worker created, never another's
             try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
+                remove(path)
+            except OSError:  # the storage is failing: the target's cleanup says what stays
+                break
     t_end = clock()
     return {"worker": worker, "t_start": t_first, "t_measure": t_first, "t_end": t_end, "hist_r": LatencyHistogram(),
             "hist_w": LatencyHistogram(), "ops_r": 0, "ops_w": 0, "cpu_s": cpu_s() - cpu0, "ops_total": total,
@@ -141,7 +164,7 @@ def merge(spec, outs: list[dict], io_mode: str, timeseries: list[dict]) -> Resul
     """All workers' phases as one Result: per phase, ops add, histograms merge, the window runs
     from the first worker's start to the last one's end (mdtest's phase time between barriers)."""
     phases = {}
-    for name in PHASES:
+    for name in phase_names(spec):
         mine = [o["phases"][name] for o in outs if name in o.get("phases", {})]
         if not mine:
             continue

@@ -137,6 +137,8 @@ def combine(results: list["Result"]) -> "Result":
         out.lat_write.merge(r.lat_write)
         if r.lat_fsync is not None:  # pattern=append
             out.lat_fsync = (out.lat_fsync or LatencyHistogram()).merge(r.lat_fsync)
+        if r.lat_ttfb is not None:  # target=s3
+            out.lat_ttfb = (out.lat_ttfb or LatencyHistogram()).merge(r.lat_ttfb)
         out.cpu_s += r.cpu_s
         out.datagen_wait_s += r.datagen_wait_s
         for k, v in r.pipeline.items():
@@ -192,6 +194,7 @@ class Result:
     # pattern=metadata: phase -> {"ops", "seconds" (the phase's window), "hist" (LatencyHistogram)}
     metadata: dict = field(default_factory=dict)
     lat_fsync: LatencyHistogram | None = None  # pattern=append: every fsync/fdatasync/msync, merged exactly
+    lat_ttfb: LatencyHistogram | None = None  # target=s3: each GET's time to first byte (status and headers)
 
     def append_metrics(self) -> dict[str, float]:
         """pattern=append: records/s, fsync latency, and write amplification (device bytes / record bytes)."""
@@ -260,6 +263,10 @@ class Result:
             m["file_mib"] = self.info["file_bytes"] / MIB
         m.update(self.metadata_metrics())
         m.update(self.append_metrics())
+        if self.lat_ttfb is not None and self.lat_ttfb.total:  # target=s3: the server's answer before the body
+            for name, q in PERCENTILES.items():
+                m[f"ttfb_{name}_us"] = self.lat_ttfb.percentile(q) / 1e3
+            m["ttfb_mean_us"] = self.lat_ttfb.mean_ns / 1e3
         if "model_tensors" in self.info:  # pattern=model_load: the window is the load
             m.update(load_s=el / max(1, len(self.repeat_throughputs)),  # one load's time (repeats: the mean)
                      load_gb_s=self.bytes_read / 1e9 / el if el > 0 else 0.0,

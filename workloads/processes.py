@@ -74,6 +74,11 @@ def _worker_main(spec, worker, extents, direct, shared, go, out, parent):
         if spec.metadata:  # mdtest's phases in the worker's own directory (extents: [(dir, 0, 0)])
             result = metadata_loop(spec, worker, extents[0][0], wait_start, shared.ops_done, shared.stop,
                                    shared.phase_done)
+        elif spec.target == "s3":  # requests on the worker's objects (extents: [(its key prefix, 0, 0)])
+            from .objects import object_loop
+
+            result = object_loop(spec, worker, extents[0][0], wait_start, shared.ops_done, shared.stop,
+                                 shared.bytes_done)
         elif spec.pattern == APPEND:  # records appended to the worker's log (or the shared one)
             from .append import append_loop
 
@@ -144,6 +149,8 @@ def run_workers(spec: Spec, placement, progress) -> Result:
         extents = [[(str(placement.worker_path(0)), 0, spec.file_size)] for _ in range(n)]
     if spec.metadata and placement.dirs:
         extents = [[(str(placement.worker_dir(w)), 0, 0)] for w in range(n)]
+    if placement.object_prefix is not None:  # target=s3: every worker names its keys under the run's prefix
+        extents = [[(placement.object_prefix, 0, 0)] for _ in range(n)]
     procs = [ctx.Process(target=_worker_main, name=f"iosweep-worker-{w}", daemon=True,
                          args=(spec, w, extents[w], direct, shared, shared.go_wait, shared.results[w][1],
                                os.getpid()))
@@ -341,12 +348,14 @@ def _stopped(p) -> bool:
 def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> Result:
     if spec.metadata:
         return metadata.merge(spec, outs, placement.io_mode, timeseries)
-    hist_r, hist_w, hist_fsync = LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
+    hist_r, hist_w, hist_fsync, hist_ttfb = LatencyHistogram(), LatencyHistogram(), LatencyHistogram(), LatencyHistogram()
     for o in outs:
         hist_r.merge(o["hist_r"])
         hist_w.merge(o["hist_w"])
         if "hist_fsync" in o:  # pattern=append: every fsync, timed on its own
             hist_fsync.merge(o["hist_fsync"])
+        if "hist_ttfb" in o:  # target=s3: each GET's time to first byte
+            hist_ttfb.merge(o["hist_ttfb"])
     ops_r, ops_w = sum(o["ops_r"] for o in outs), sum(o["ops_w"] for o in outs)
     t_measure = min(o["t_measure"] for o in outs)
     t_end = max(o["t_end"] for o in outs)
@@ -362,6 +371,7 @@ def _merge(spec: Spec, outs: list[dict], placement, timeseries: list[dict]) -> R
               **({"file_bytes": sum(o["file_bytes"] for o in outs)} if "file_bytes" in outs[0] else {})},
         counters=merge_counters([o.get("counters") or {} for o in outs]),
         lat_fsync=hist_fsync if any("hist_fsync" in o for o in outs) else None,
+        lat_ttfb=hist_ttfb if hist_ttfb.total else None,
     )
 
 

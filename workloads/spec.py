@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from .errors import ConfigError
 
@@ -79,6 +80,34 @@ class DataSpec:
 
 
 @dataclass(frozen=True)
+class S3Spec:
+    """target=s3's keys (conf/target/s3.yaml). Credentials None: boto3's chain (environment, ~/.aws)."""
+
+    endpoint_url: str | None = None
+    bucket: str | None = None
+    prefix: str = ""
+    region: str = "us-east-1"
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    max_connections: int = 10
+    multipart_bytes: int = 64 << 20
+    create_bucket: bool = False
+    connect_timeout_s: float = 3.0
+    read_timeout_s: float = 60.0
+
+    def __repr__(self) -> str:  # never print a secret in a traceback or a log line
+        return f"S3Spec(endpoint_url={self.endpoint_url!r}, bucket={self.bucket!r}, prefix={self.prefix!r})"
+
+    @property
+    def host(self) -> str:
+        """The endpoint's host:port, never its user part (a URL may carry credentials)."""
+        if not self.endpoint_url:
+            return f"s3.{self.region}.amazonaws.com"
+        parts = urlsplit(self.endpoint_url)
+        return parts.hostname + (f":{parts.port}" if parts.port else "")
+
+
+@dataclass(frozen=True)
 class Spec:
     pattern: str = "seq_write"
     block_size: int = 1 << 20
@@ -133,6 +162,9 @@ class Spec:
     append_fsync_call: str | None = None  # fsync | fdatasync
     append_shared_file: bool | None = None  # all writers append to one file with O_APPEND
     append_fallocate: bool | None = None  # preallocate each writer's share (fallocate KEEP_SIZE)
+    # target=s3 only (workloads/targets/s3.py checks them)
+    s3: S3Spec = field(default_factory=S3Spec)
+    object_bytes: int = 16 << 20  # each object a writer PUTs or reads (object_mb)
 
     def _trace(self):
         if self.pattern == MODEL_LOAD:  # the reads of the model file's tensors, from its header
@@ -147,7 +179,8 @@ class Spec:
     def variable_lengths(self) -> bool:
         """Ops of different lengths (replay, merging): bytes are counted per op. Otherwise every op is
         block_size bytes and the loops take their fast path (bytes = ops x block_size)."""
-        return self.pattern in TRACED or self.merge_kb is not None or self.pattern == APPEND  # append: records
+        return self.pattern in TRACED or self.merge_kb is not None or self.pattern == APPEND \
+            or self.target == "s3"  # append: records; s3: objects and ranges
 
     @property
     def max_op_bytes(self) -> int:
@@ -174,10 +207,19 @@ class Spec:
             return self.file_bytes
         if self.metadata:
             return 0  # mdtest's default: empty files
+        if self.target == "s3":  # whole objects: each writer's share of size_bytes, as object_bytes objects
+            return self.objects_per_writer * self.object_bytes
         if self.pattern == APPEND:  # the record bytes each writer appends per pass, not whole blocks
             return self.size_bytes // self.writers
         per = self.size_bytes // self.writers // self.files_per_writer
         return per - per % self.block_size
+
+    @property
+    def objects_per_writer(self) -> int:
+        """target=s3: the objects each writer PUTs or reads (pattern=metadata: files_per_writer)."""
+        if self.metadata:
+            return self.files_per_writer
+        return max(1, self.size_bytes // self.writers // self.object_bytes)
 
     @property
     def file_size(self) -> int:
@@ -232,6 +274,10 @@ class Spec:
         every = ALL_PATTERNS + FILE_OP_PATTERNS + (FORMAT_READ, APPEND)
         if self.pattern not in every:
             raise ConfigError("pattern", self.pattern, "choose one of " + ", ".join(every))
+        if self.target == "s3":  # objects: which patterns and knobs apply (targets/s3.py)
+            from .targets.s3 import check as check_s3
+
+            check_s3(self)
         self._check_format_read()
         from .append import check as check_append  # append.py: records, buffering, durability policy
 
@@ -285,6 +331,7 @@ class Spec:
                               "direct=true needs a multiple of 4 KiB (or set direct=false)")
         self._check_files()
         if not self.read_only_target and not self.metadata and self.pattern not in (FORMAT_READ, APPEND, *TRACED) \
+                and self.target != "s3" \
                 and self.file_size < self.block_size:  # target=file: resolve() says; replay: the trace sizes it
             raise ConfigError("size_mb", self.size_bytes >> 20,
                               f"too small for writers={self.writers} x block_kb={self.block_size >> 10}: "
@@ -373,7 +420,8 @@ class Spec:
                 raise ConfigError("file_kb", kb, "must be a whole number of KiB >= 1 (or null: the writer's share "
                                                  "of size_mb)" + ("; 0 with pattern=metadata: empty files"
                                                                   if self.metadata else ""))
-        if (fpw > 1 or fb is not None) and self.target not in ("local", "tmpfs"):
+        if (fpw > 1 or fb is not None) and self.target not in ("local", "tmpfs") \
+                and not (self.metadata and self.target == "s3"):  # s3: pattern=metadata's objects
             raise ConfigError("files_per_writer" if fpw > 1 else "file_kb", fpw if fpw > 1 else fb // 1024,
                               f"iosweep creates small files in its own scratch dir, and target={self.target} is "
                               "not one: use target=local or target=tmpfs")

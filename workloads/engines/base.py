@@ -42,7 +42,7 @@ class Engine:
 
     def check(self, spec) -> None:
         """Raise ConfigError for a spec this engine cannot run (before any I/O)."""
-        if spec.iodepth > 1 and not self.queue_depth:
+        if spec.iodepth > 1 and not self.queue_depth and spec.target != "s3":  # s3: iodepth requests per worker
             raise ConfigError("iodepth", spec.iodepth, f"needs an async engine: engine=uring (engine={self.name} "
                                                        "issues one op at a time)")
         if spec.direct and not self.direct_io:

@@ -74,6 +74,8 @@ class Placement:
     shared_path: Path | None = None  # target=device: one existing path, a region per worker
     files_per_writer: int = 1  # files each worker owns (fio nrfiles): its extents, one per file
     dirs: list[Path] = field(default_factory=list)  # pattern=metadata: a directory per worker, made by this run
+    object_prefix: str | None = None  # target=s3: the run's own key prefix (iosweep-<pid>-<hex>/)
+    extra_info: dict = field(default_factory=dict)  # what the target learnt (target=s3: endpoint, server, bucket)
 
     def worker_path(self, worker: int, index: int = 0) -> Path:
         """The worker's file `index` (of files_per_writer): fio's filename_format job$jobnum.dat, or
@@ -110,4 +112,4 @@ class Placement:
     def info(self) -> dict:
         return {"scratch_dir": str(self.scratch) if self.scratch else "", "fs_type": self.mount.fs_type,
                 "mountpoint": self.mount.mountpoint, "mount_opts": self.mount.options,
-                "device": self.device or "", "target_path": str(self.shared_path or "")}
+                "device": self.device or "", "target_path": str(self.shared_path or ""), **self.extra_info}
