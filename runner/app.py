@@ -123,10 +123,53 @@ def to_spec(cfg: DictConfig) -> Spec:
         log_interval_s=_number(cfg, "log_interval_s"), cache=cfg.cache, repeats=_whole(cfg, "repeats"),
         latency=_switch(cfg, "latency"), access=cfg.engine.access, **_uring_knobs(cfg),
         hint=cfg.hint, prefetch_blocks=_whole(cfg, "prefetch.blocks", 0), prefetch_after=_whole(cfg, "prefetch.after", 0),
-        files_per_writer=_whole(cfg, "files_per_writer"), file_bytes=_file_bytes(cfg),
+        **_files_or_objects(cfg),
         trace=cfg.pattern.trace, timing=cfg.pattern.timing or "asap", order=cfg.pattern.order or "file",
         **_merge_knobs(cfg), **_append_knobs(cfg), **_s3_knobs(cfg),
     ).check()
+
+
+OBJECT_MB_DEFAULT = 16  # target=s3 with object_mb=null
+FILE_PATTERNS_BY_OBJECT = ("seq_write", "seq_read", "rand_read", "rand_write", "mixed")  # local files of object_mb
+
+
+def _object_bytes(cfg: DictConfig) -> int | None:
+    """object_mb in bytes; None when null."""
+    mb = OmegaConf.select(cfg, "object_mb")
+    if mb is None:
+        return None
+    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not math.isfinite(mb) or mb <= 0 \
+            or (mb * (1 << 20)) % 1024 or mb > (5 << 20):
+        raise ConfigError("object_mb", mb, "must be a number of MiB > 0 (a whole number of KiB, at most 5 TiB, "
+                                           "S3's largest object), or null")
+    return int(mb * (1 << 20))
+
+
+def _files_or_objects(cfg: DictConfig) -> dict:
+    """files_per_writer and file_kb, or what object_mb makes of them: on target=local/tmpfs each writer
+    writes files of object_mb (size_mb / writers / object_mb of them), so a sweep over target=local,s3
+    compares files and objects of one size; target=s3 reads object_mb itself (_s3_knobs)."""
+    ob = _object_bytes(cfg)
+    if ob is None or cfg.target.name == "s3":
+        return {"files_per_writer": _whole(cfg, "files_per_writer"), "file_bytes": _file_bytes(cfg)}
+    if cfg.target.name not in ("local", "tmpfs") or cfg.pattern.name not in FILE_PATTERNS_BY_OBJECT:
+        raise ConfigError("object_mb", cfg.object_mb, f"sizes objects (target=s3) or, with target=local/tmpfs and "
+                                                      f"pattern {'/'.join(FILE_PATTERNS_BY_OBJECT)}, files: not "
+                                                      f"target={cfg.target.name} pattern={cfg.pattern.name}; "
+                                                      "set object_mb=null")
+    if _whole(cfg, "files_per_writer") != 1 or cfg.file_kb is not None:
+        raise ConfigError("object_mb", cfg.object_mb, "sets the files' size and count itself: drop files_per_writer "
+                                                      "and file_kb, or set object_mb=null")
+    block = _whole(cfg, "block_kb") * 1024
+    if ob % block:
+        raise ConfigError("object_mb", cfg.object_mb, f"must be a multiple of block_kb={block >> 10} with "
+                                                      f"target={cfg.target.name} (every op a whole block of one file): "
+                                                      "lower block_kb")
+    share = (_whole(cfg, "size_mb") << 20) // _whole_or_auto(cfg, "writers")
+    if share < ob:
+        raise ConfigError("size_mb", cfg.size_mb, f"too small for writers={cfg.writers} x object_mb={cfg.object_mb}: "
+                                                  "each writer needs one file")
+    return {"files_per_writer": share // ob, "file_bytes": ob}
 
 
 def _s3_knobs(cfg: DictConfig) -> dict:
@@ -134,11 +177,7 @@ def _s3_knobs(cfg: DictConfig) -> dict:
     targets leave them out."""
     if cfg.target.name != "s3":
         return {}
-    mb = OmegaConf.select(cfg, "object_mb")
-    if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not math.isfinite(mb) or mb <= 0 \
-            or (mb * (1 << 20)) % 1024 or mb > (5 << 20):
-        raise ConfigError("object_mb", mb, "must be a number of MiB > 0 (a whole number of KiB, at most 5 TiB, "
-                                           "S3's largest object)")
+    ob = _object_bytes(cfg) or OBJECT_MB_DEFAULT << 20
     t = cfg.target
     text = {k: OmegaConf.select(cfg, f"target.{k}") for k in ("endpoint_url", "bucket", "prefix", "region",
                                                              "access_key_id", "secret_access_key")}
@@ -148,7 +187,7 @@ def _s3_knobs(cfg: DictConfig) -> dict:
             raise ConfigError(f"target.{key}", shown, "must be a string (quote it)")
     if text["bucket"] is None:
         raise ConfigError("target.bucket", None, "target=s3 needs a bucket: set target.bucket=NAME")
-    return {"object_bytes": int(mb * (1 << 20)), "s3": S3Spec(
+    return {"object_bytes": ob, "s3": S3Spec(
         endpoint_url=text["endpoint_url"], bucket=text["bucket"], prefix=text["prefix"] or "",
         region=text["region"] or "us-east-1", access_key_id=text["access_key_id"],
         secret_access_key=text["secret_access_key"], max_connections=_whole(cfg, "target.max_connections"),
@@ -300,9 +339,10 @@ def run_name(cfg: DictConfig) -> str:
     if get("pattern.name") == "append":  # records, not blocks: their size, buffering and durability policy
         return (f"append {get('record_bytes')} B {get('append.mode')} fsync={get('append.fsync') or 'default'} "
                 f"x{get('writers')} {get('engine.name')}")
-    if get("target.name") == "s3" and get("pattern.name") != "metadata":  # objects: their size (and a range's)
-        rng = f" ranges {get('block_kb')}k" if get("pattern.name") == "rand_read" else ""
-        return f"{get('pattern.name')} {get('object_mb')}MiB objects{rng} x{get('writers')} s3"
+    if get("object_mb") is not None or (get("target.name") == "s3" and get("pattern.name") != "metadata"):
+        rng = f" {get('block_kb')}k" if get("pattern.name") != "seq_write" or get("target.name") != "s3" else ""
+        return (f"{get('pattern.name')} {get('object_mb') or OBJECT_MB_DEFAULT}MiB "
+                f"{'objects' if get('target.name') == 's3' else 'files'}{rng} x{get('writers')} {get('target.name')}")
     return f"{get('pattern.name')} {get('block_kb')}k x{get('writers')} {get('engine.name')}"
 
 
@@ -338,9 +378,14 @@ APPLIES = {
     and c.pattern.name not in ("metadata", "format_read", "replay"),
     #          target=file reads the files' size (target.size_mb caps it); file_kb sets it; metadata: file_kb;
     #          format_read: data.rows sizes the table; replay: the trace's extent
-    "files_per_writer": lambda c: c.target.name != "file" and c.pattern.name not in ("format_read", "replay"),
     "target.allow_overwrite": lambda c: c.target.name == "device",
-    "object_mb": lambda c: c.target.name == "s3" and c.pattern.name != "metadata",
+    "object_mb": lambda c: c.pattern.name != "metadata",  # null (not logged) but with s3 and local/tmpfs
+    "files_per_writer": lambda c: c.target.name != "file" and c.pattern.name not in ("format_read", "replay")
+    and c.object_mb is None,  # object_mb sets it
+
+    **{f"target.{k}": (lambda c: c.target.name == "s3")
+       for k in ("endpoint_url", "bucket", "prefix", "region", "access_key_id", "secret_access_key", "max_connections",
+                 "multipart_mb", "create_bucket", "connect_timeout_s", "read_timeout_s")},
     **{k: (lambda c: c.target.name != "s3") for k in ("cache", "direct", "hint")},  # knobs of files
     "data.compress_ratio": lambda c: c.data.name == "dgen" and c.target.name != "file"  # file: the user's bytes
     and c.pattern.name != "format_read",  # format_read: numpy's table, not dgen's bytes

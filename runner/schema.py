@@ -114,7 +114,7 @@ class IosweepConfig:
     size_mb: Any = 256
     files_per_writer: Any = 1
     file_kb: Any = None
-    object_mb: Any = 16  # target=s3: MiB per object
+    object_mb: Any = None  # MiB per object (target=s3; null: 16) or per file (target=local/tmpfs; null: one file)
     duration_s: Any = None
     ramp_s: Any = 0.0
     direct: Any = False

@@ -114,7 +114,7 @@ REPEAT_METRICS = ("repeats", "throughput_mib_s_std", "throughput_mib_s_ci95_low"
 DEVICE_METRICS = ("device_read_req_kb", "device_read_merges", "device_read_await_ms", "prefetch_issued",
                   "prefetch_used")
 NUMERIC_AXES = ("block_kb", "writers", "iodepth", "size_mb", "duration_s", "pattern.read_pct",
-                "data.compress_ratio", "data.dedup_ratio", "files_per_writer", "file_kb")
+                "data.compress_ratio", "data.dedup_ratio", "files_per_writer", "file_kb", "object_mb")
 TABLE_METRICS = ("rows_per_s", "file_mib")  # pattern=format_read: what format_ratios compares
 APPEND_METRICS = ("records_per_s", "fsyncs", "fsync_p99_us", "write_amplification")  # pattern=append: append_findings
 LOAD_METRICS = ("load_gb_s", "load_s", "tensors", "major_faults")  # pattern=model_load: what load_ratios compares
@@ -124,7 +124,7 @@ LITTLE_TOLERANCE = 0.15  # Little's law: IOPS x mean latency within 15% of the o
 # Settings a plot names when every point shares them (from the points' params), in this order.
 SHOWN_SETTINGS = ("pattern", "pattern.read_pct", "engine", "target", "direct", "cache", "end_fsync", "block_kb",
                   "iodepth", "writers", "size_mb", "duration_s", "ramp_s", "repeats", "data", "data.compress_ratio",
-                  "data.dedup_ratio", "seed", "point", "experiment", "files_per_writer", "file_kb")
+                  "data.dedup_ratio", "seed", "point", "experiment", "files_per_writer", "file_kb", "object_mb")
 INVALID_LABEL = "invalid (not storage truth)"
 
 
@@ -293,8 +293,10 @@ def _where(axes: list[str], r: dict) -> str:
     return where
 
 
-def knee(series: list[tuple[float, dict]]) -> tuple[float | None, str]:
-    """The smallest block size after which NO later step gains >= KNEE_GAIN, and the finding.
+def knee(series: list[tuple[float, dict]], what: str = "block size", unit: str = "KiB",
+         noun: str = "blocks") -> tuple[float | None, str]:
+    """The smallest block (or object: what, unit, noun) size after which NO later step gains >= KNEE_GAIN,
+    and the finding.
 
     A plateau followed by a jump is not a knee: "gains resume at Y".
     """
@@ -305,17 +307,17 @@ def knee(series: list[tuple[float, dict]]) -> tuple[float | None, str]:
     big = [i for i, (_, _, g) in enumerate(steps) if g >= KNEE_GAIN]
     pct = f"{100 * KNEE_GAIN:.0f}%"
     if not big:
-        return series[0][0], f"Throughput gains < {pct} at every block size step from {series[0][0]:g} KiB"
+        return series[0][0], f"Throughput gains < {pct} at every {what} step from {series[0][0]:g} {unit}"
     last_big = big[-1]
     if last_big == len(steps) - 1:  # the last step still gains
         flat = [s for s in steps[:last_big] if s[2] < KNEE_GAIN]
         if not flat:
-            return None, f"Throughput still gains >= {pct} at every block size step up to {series[-1][0]:g} KiB"
+            return None, f"Throughput still gains >= {pct} at every {what} step up to {series[-1][0]:g} {unit}"
         x0, x1, g = steps[last_big]
-        return None, (f"No knee: gains < {pct} from {flat[0][0]:g} to {flat[0][1]:g} KiB, but gains resume at "
-                      f"{x1:g} KiB (+{100 * g:.0f}% over {x0:g} KiB)")
+        return None, (f"No knee: gains < {pct} from {flat[0][0]:g} to {flat[0][1]:g} {unit}, but gains resume at "
+                      f"{x1:g} {unit} (+{100 * g:.0f}% over {x0:g} {unit})")
     k = steps[last_big][1]
-    return k, f"Beyond {k:g} KiB blocks throughput gains < {pct} per step"
+    return k, f"Beyond {k:g} {unit} {noun} throughput gains < {pct} per step"
 
 
 def depth_knee(series: list[tuple[float, dict]]) -> str:
@@ -563,6 +565,10 @@ def findings(columns: list[str], table: list[dict], ratios: list[dict]) -> list[
         for key, series in _series(table, axes, "block_kb").items():
             if len(series) >= 2:
                 out.append(f"{knee(series)[1]} ({_label(key)})")
+    if "object_mb" in axes:  # target=s3: the object size plays the block size's part
+        for key, series in _series(table, axes, "object_mb").items():
+            if len(series) >= 2:
+                out.append(f"{knee(series, 'object size', 'MiB', 'objects')[1]} ({_label(key)})")
     if "iodepth" in axes:
         for key, series in _series(table, axes, "iodepth").items():
             if len(series) >= 2:
@@ -696,7 +702,7 @@ def plots(columns: list[str], table: list[dict], out_dir) -> list:
             ax.set_yscale("log")
         ax.set_xticks(xs_all)
         ax.get_xaxis().set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        ax.set_xlabel(x + (" (KiB)" if x == "block_kb" else ""))
+        ax.set_xlabel(x + {"block_kb": " (KiB)", "object_mb": " (MiB)"}.get(x, ""))
         ax.set_ylabel(ylabel)
         ax.grid(True, alpha=0.3)
         handles, _ = ax.get_legend_handles_labels()
@@ -709,6 +715,9 @@ def plots(columns: list[str], table: list[dict], out_dir) -> list:
         line_plot("block_kb", "throughput_mib_s", "throughput (MiB/s)", "throughput_vs_block_kb.png")
         line_plot("block_kb", "iops", "IOPS", "iops_vs_block_kb.png", logy=True)
         line_plot("block_kb", "lat_p99_us", "p99 latency (µs)", "p99_vs_block_kb.png", logy=True)
+    if "object_mb" in numeric:  # target=s3: object sizes as block sizes
+        line_plot("object_mb", "throughput_mib_s", "throughput (MiB/s)", "throughput_vs_object_mb.png")
+        line_plot("object_mb", "lat_p99_us", "p99 latency (µs)", "p99_vs_object_mb.png", logy=True)
     if "writers" in numeric:
         def efficiency(pts):
             base = next((r["throughput_mib_s"] for x, r in pts if x == 1), None)
@@ -719,7 +728,7 @@ def plots(columns: list[str], table: list[dict], out_dir) -> list:
         line_plot("iodepth", "iops", "IOPS", "iops_vs_iodepth.png")
         line_plot("iodepth", "lat_p99_us", "p99 latency (µs)", "p99_vs_iodepth.png", logy=True)
     for x in numeric:
-        if x not in ("block_kb", "writers", "iodepth"):
+        if x not in ("block_kb", "writers", "iodepth", "object_mb"):
             line_plot(x, "throughput_mib_s", "throughput (MiB/s)", f"throughput_vs_{x}.png")
     for x in axes:
         if x not in numeric:

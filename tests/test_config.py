@@ -32,7 +32,8 @@ def test_every_group_option_composes_and_builds_a_spec(choice, tmp_path):
     cfg = compose_with([choice] + (["pattern=seq_read"] if choice == "target=file" else [])  # it only reads
                        + ([f"pattern.trace={trace}"] if choice == "pattern=replay" else [])
                        + (["target=file", f"target.path={_model(tmp_path)}"] if choice == "pattern=model_load"
-                          else []))
+                          else [])
+                       + (["target.bucket=bench", "object_mb=8"] if choice == "target=s3" else []))  # a bucket is needed
     group, name = choice.split("=")
     assert cfg[group].name == name
     spec = app.to_spec(cfg)
