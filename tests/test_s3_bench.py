@@ -2,7 +2,11 @@
 import importlib
 import sys
 
+import pytest
+
 from conftest import ROOT
+
+pytestmark = pytest.mark.slow  # starts the S3 server
 
 
 def test_s3_overhead_smoke(s3_server, monkeypatch, capsys):
