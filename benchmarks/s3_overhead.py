@@ -43,7 +43,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from workloads import Spec, run  # noqa: E402
+from workloads import DataSpec, Spec, run  # noqa: E402
 from workloads.spec import S3Spec  # noqa: E402
 from workloads.targets.s3 import client  # noqa: E402
 
@@ -171,7 +171,8 @@ def iosweep(s3: S3Spec, case: dict, writers: int) -> tuple[float, float]:
     common = dict(target="s3", s3=s3, writers=writers, iodepth=case["iodepth"], object_bytes=case["object_bytes"],
                   size_bytes=case["objects"] * case["object_bytes"] * writers)
     if case["name"] == "put":
-        spec = Spec(pattern="seq_write", block_size=case["object_bytes"], **common)
+        spec = Spec(pattern="seq_write", block_size=case["object_bytes"], data=DataSpec(refill=case["refill"]),
+                    **common)
     else:
         spec = Spec(pattern="rand_read", block_size=case["block"], duration_s=case["seconds"], **common)
     m = run(spec).metrics()
@@ -233,6 +234,9 @@ def main(argv=None) -> int:
     ap.add_argument("--put-objects", type=int, default=256, help="1 MiB objects PUT per run (split over writers)")
     ap.add_argument("--read-object-mb", type=int, default=16)
     ap.add_argument("--read-objects", type=int, default=4, help="objects laid out per writer for the GET case")
+    ap.add_argument("--refill", choices=("true", "false"), default="true",
+                    help="iosweep's PUT data: a fresh dgen-py object per PUT (true, its default) or one object "
+                         "PUT again and again (false: data.refill=false, as the reference)")
     ap.add_argument("--ref-body", choices=("bytearray", "bytes"), default="bytearray",
                     help="the loop's PUT body type: bytearray (iosweep's: sent as is) or bytes (botocore wraps it "
                          "in a BytesIO that http.client sends in 8 KiB blocks)")
@@ -273,7 +277,7 @@ def main(argv=None) -> int:
               f"{a.pairs} pairs, iodepth {a.iodepth}", flush=True)
         for name in a.cases.split(","):
             for writers in writer_counts:
-                case = dict(cases[name], iodepth=a.iodepth, body=a.ref_body)
+                case = dict(cases[name], iodepth=a.iodepth, body=a.ref_body, refill=a.refill == "true")
                 if name == "put":
                     case["objects"] = max(1, a.put_objects // writers)
                 print(f"  {describe(case)}, {writers} process(es):", flush=True)
@@ -292,7 +296,9 @@ def main(argv=None) -> int:
     print()
     print(f"reference: an os.urandom body generated once per process (as a {a.ref_body}) and PUT again and again; "
           "GET bodies read with readinto() into a preallocated buffer; same botocore Config "
-          "(workloads.targets.s3.client)")
+          "(workloads.targets.s3.client); iosweep's PUT data: "
+          + ("a fresh dgen-py object per PUT (data.refill=true)" if a.refill == "true" else
+             "one dgen-py object PUT again and again (data.refill=false)"))
     print(f"{'case':<52} {'procs':>5} {'iosweep':>9} {'ref':>9} {'cpu% io/ref':>12}  per-pair ratios"
           f"{'':<22} median  budget")
     worst = []

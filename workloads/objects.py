@@ -125,11 +125,12 @@ class _Data:
         self.spec, self.worker = spec, worker
         self.size, self.stream = spec.object_bytes, spec.file_size
         self.fixed = None
+        self.free = queue.Queue()
         if spec.data.kind == "zeros":
             self.fixed = bytearray(self.size)
         elif not spec.data.refill:  # one object's bytes, PUT again and again
             self.fixed = self.make(0)
-        self.q: queue.Queue = queue.Queue(maxsize=ahead)
+        self.q: queue.Queue = queue.Queue(maxsize=ahead)  # filled buffers; `free` holds those whose PUT is done
         self.wait_ns = 0
         self.done = threading.Event()
         self.thread = None
@@ -137,10 +138,18 @@ class _Data:
             self.thread = threading.Thread(target=self._produce, name="iosweep-objects-data", daemon=True)
 
     def make(self, j: int) -> bytearray:
-        """Op j's object: bytes [j x object_bytes, ...) of the worker's stream (boto3 sends a bytearray as is)."""
-        buf = bytearray(self.size)
+        """Op j's object: bytes [j x object_bytes, ...) of the worker's stream (boto3 sends a bytearray as is),
+        in a buffer a finished PUT gave back (a fresh one costs an mmap and a page fault per 4 KiB)."""
+        try:
+            buf = self.free.get_nowait()
+        except queue.Empty:
+            buf = bytearray(self.size)
         stream_fill(self.spec, self.worker, self.stream, 0, j * self.size, buf)
         return buf
+
+    def give_back(self, buf: bytearray) -> None:
+        if buf is not self.fixed:
+            self.free.put(buf)
 
     def start(self, first: int = 0) -> None:
         self.next = first
@@ -199,6 +208,7 @@ def object_loop(spec, worker: int, prefix: str, wait_start, ops_done=None, stop=
     """Lay out (reads), wait for `wait_start()`, run the requests with iodepth threads, return counters
     and histograms in worker_loop's shape (plus hist_ttfb and objects_total)."""
     objects = Objects(spec, worker, prefix, spec.iodepth)
+    parent = os.getppid()
     plan = _plan(spec, worker)
     writes = any(w for _, _, w in plan)
     data = _Data(spec, worker, spec.iodepth + 1) if writes else None
@@ -206,7 +216,15 @@ def object_loop(spec, worker: int, prefix: str, wait_start, ops_done=None, stop=
         if spec.pattern != "seq_write":  # reads find their objects there, as files are laid out first
             layout = data or _Data(spec, worker, 1)  # the stream's first pass, as a file's layout
             for i, key in enumerate(objects.keys):
-                objects.put(key, layout.fixed or layout.make(i), None)
+                body = layout.fixed or layout.make(i)
+                objects.put(key, body, None)
+                layout.give_back(body)
+                if bytes_done is not None:  # progress before the start: the parent's watch sees a layout going on
+                    bytes_done[worker] = (i + 1) * spec.object_bytes
+                if (stop is not None and stop.value) or os.getppid() != parent:
+                    raise Aborted()
+            if bytes_done is not None:
+                bytes_done[worker] = 0
         if data is not None:
             data.start(len(objects.keys) if spec.pattern != "seq_write" else 0)
         return _measure(spec, worker, objects, plan, data, wait_start, ops_done, stop, bytes_done)
@@ -251,6 +269,7 @@ def _measure(spec, worker, objects, plan, data, wait_start, ops_done, stop, byte
                     lat: list = []
                     body = data.take()
                     requests = objects.put(key, body, lat)
+                    data.give_back(body)
                     counted = clock() >= ramp_end
                     if counted:
                         mine["lat_w"] += lat
@@ -277,7 +296,7 @@ def _measure(spec, worker, objects, plan, data, wait_start, ops_done, stop, byte
         t.start()
     measuring_from = t_start if not spec.ramp_s else None
     while any(t.is_alive() for t in threads):
-        threads[0].join(PUBLISH_S) if threads[0].is_alive() else time.sleep(PUBLISH_S)
+        next(t for t in threads if t.is_alive()).join(PUBLISH_S)  # returns as the last one ends: no idle tail
         if ops_done is not None:
             ops_done[worker] = sum(m["ops"] for m in per_thread)
         if bytes_done is not None:

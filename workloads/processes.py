@@ -227,7 +227,7 @@ class _Watch:
     def __init__(self, spec: Spec, procs, shared):
         self.spec, self.procs, self.shared = spec, procs, shared
         self.deadline = None
-        self.last_ready, self.ready_since = 0, time.monotonic()
+        self.last_ready, self.ready_since = (0, 0), time.monotonic()
         self.ops = [0] * len(procs)
         self.moved = [time.monotonic()] * len(procs)
 
@@ -241,8 +241,8 @@ class _Watch:
         """Raise WorkloadError naming the first worker that is stuck."""
         now = time.monotonic()
         pending = [w for w in range(len(self.procs)) if w not in got]
-        if not self.shared.released:  # the start barrier
-            ready = sum(self.shared.prepared)
+        if not self.shared.released:  # the start barrier; bytes a worker lays out itself (s3) are progress too
+            ready = (sum(self.shared.prepared), sum(self.shared.bytes_done))
             if ready != self.last_ready:
                 self.last_ready, self.ready_since = ready, now
             elif now - self.ready_since > START_STALL_S:
