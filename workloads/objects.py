@@ -295,8 +295,11 @@ def _measure(spec, worker, objects, plan, data, wait_start, ops_done, stop, byte
     for t in threads:
         t.start()
     measuring_from = t_start if not spec.ramp_s else None
-    while any(t.is_alive() for t in threads):
-        next(t for t in threads if t.is_alive()).join(PUBLISH_S)  # returns as the last one ends: no idle tail
+    while True:
+        alive = [t for t in threads if t.is_alive()]
+        if not alive:
+            break
+        alive[0].join(PUBLISH_S)  # returns as soon as it ends: no idle tail after the last thread
         if ops_done is not None:
             ops_done[worker] = sum(m["ops"] for m in per_thread)
         if bytes_done is not None:
