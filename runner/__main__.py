@@ -32,7 +32,8 @@ def cli() -> None:
     except Interrupted as e:
         tracking.INTERRUPTED.append(e.signum)  # a sweep's parent closes as KILLED (at exit)
         name = signal.Signals(e.signum).name
-        print(f"iosweep: stopped by {name}: scratch files removed, the run recorded as KILLED", file=sys.stderr)
+        print(f"iosweep: stopped by {name}: what it wrote removed (scratch files, objects), the run recorded as KILLED",
+              file=sys.stderr)
         sys.exit(128 + e.signum)
 
 

@@ -157,9 +157,10 @@ def _files_or_objects(cfg: DictConfig) -> dict:
                                                       f"pattern {'/'.join(FILE_PATTERNS_BY_OBJECT)}, files: not "
                                                       f"target={cfg.target.name} pattern={cfg.pattern.name}; "
                                                       "set object_mb=null")
-    if _whole(cfg, "files_per_writer") != 1 or cfg.file_kb is not None:
-        raise ConfigError("object_mb", cfg.object_mb, "sets the files' size and count itself: drop files_per_writer "
-                                                      "and file_kb, or set object_mb=null")
+    for key in ("file_kb", "files_per_writer"):
+        if OmegaConf.select(cfg, key) not in (None, 1) or (key == "file_kb" and cfg.file_kb is not None):
+            raise ConfigError(key, OmegaConf.select(cfg, key), "object_mb sets the files' size and count itself: "
+                                                               f"drop {key}, or set object_mb=null")
     block = _whole(cfg, "block_kb") * 1024
     if ob % block:
         raise ConfigError("object_mb", cfg.object_mb, f"must be a multiple of block_kb={block >> 10} with "
@@ -177,8 +178,11 @@ def _s3_knobs(cfg: DictConfig) -> dict:
     targets leave them out."""
     if cfg.target.name != "s3":
         return {}
-    ob = _object_bytes(cfg) or OBJECT_MB_DEFAULT << 20
-    t = cfg.target
+    ob = _object_bytes(cfg)
+    if ob is not None and cfg.pattern.name == "metadata":
+        raise ConfigError("object_mb", cfg.object_mb, "pattern=metadata sizes its objects with file_kb (0: empty): "
+                                                      "set object_mb=null")
+    ob = ob or OBJECT_MB_DEFAULT << 20
     text = {k: OmegaConf.select(cfg, f"target.{k}") for k in ("endpoint_url", "bucket", "prefix", "region",
                                                              "access_key_id", "secret_access_key")}
     for key, value in text.items():
@@ -189,7 +193,7 @@ def _s3_knobs(cfg: DictConfig) -> dict:
         raise ConfigError("target.bucket", None, "target=s3 needs a bucket: set target.bucket=NAME")
     return {"object_bytes": ob, "s3": S3Spec(
         endpoint_url=text["endpoint_url"], bucket=text["bucket"], prefix=text["prefix"] or "",
-        region=text["region"] or "us-east-1", access_key_id=text["access_key_id"],
+        region="us-east-1" if text["region"] is None else text["region"], access_key_id=text["access_key_id"],
         secret_access_key=text["secret_access_key"], max_connections=_whole(cfg, "target.max_connections"),
         multipart_bytes=int(_number(cfg, "target.multipart_mb") * (1 << 20)),
         create_bucket=_switch(cfg, "target.create_bucket"),
@@ -399,7 +403,8 @@ def _s3_whole(c: DictConfig) -> bool:
         return False
     if c.pattern.name == "rand_read":
         return False
-    return c.pattern.name == "metadata" or c.pattern.name == "seq_read" or not c.object_mb > c.target.multipart_mb
+    ob, mp = c.object_mb or OBJECT_MB_DEFAULT, c.target.multipart_mb
+    return c.pattern.name in ("metadata", "seq_read") or not (isinstance(mp, (int, float)) and ob > mp)
 
 
 def _applies(key: str, cfg: DictConfig) -> bool:

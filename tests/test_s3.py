@@ -41,6 +41,13 @@ def s3spec(**kw) -> Spec:
     ({"s3": {"endpoint_url": "http://user:pw@host:9000"}}, "target.endpoint_url"),
     ({"s3": {"endpoint_url": "file:///etc/passwd"}}, "target.endpoint_url"),
     ({"s3": {"endpoint_url": "http://host:9000/path"}}, "target.endpoint_url"),
+    ({"s3": {"endpoint_url": "http://127.0.0.1:99999"}}, "target.endpoint_url"),
+    ({"s3": {"endpoint_url": "http://127.0.0.1:abc"}}, "target.endpoint_url"),
+    ({"s3": {"endpoint_url": "http://127.0.0.1:9000 "}}, "target.endpoint_url"),
+    ({"s3": {"prefix": "back\\slash/"}}, "target.prefix"),
+    ({"s3": {"prefix": "tab\tprefix"}}, "target.prefix"),
+    ({"s3": {"region": ""}}, "target.region"),
+    ({"object_bytes": 1 << 40, "size_bytes": 1 << 41, "pattern": "seq_read"}, "object_mb"),  # 1 TiB buffers
     ({"s3": {"access_key_id": "AKIA"}}, "target.secret_access_key"),
     ({"s3": {"max_connections": 0}}, "target.max_connections"),
     ({"s3": {"connect_timeout_s": 0}}, "target.connect_timeout_s"),
@@ -52,6 +59,37 @@ def test_spec_refuses_what_s3_cannot_do(kw, key):
     with pytest.raises(ConfigError) as e:
         s3spec(**kw).check()
     assert e.value.key == key
+
+
+def test_a_marker_of_another_boot_namespace_or_a_live_pid_is_not_a_dead_run():
+    from workloads.targets.local import owner, owner_is_dead
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    gone = owner(dead.pid) | {"start": 1}
+    assert owner_is_dead(gone)
+    assert not owner_is_dead(owner(os.getpid()))  # alive
+    assert not owner_is_dead(gone | {"pidns": "pid:[1]"})  # a container sharing the hostname: its own pids
+    assert not owner_is_dead(gone | {"boot": "another-boot"})  # another machine of that name, or a reboot
+    assert not owner_is_dead(gone | {"pid": -1}) and not owner_is_dead(gone | {"pid": "7"})
+    assert not owner_is_dead(["not", "a", "marker"])
+
+
+def test_app_refuses_object_mb_where_it_means_nothing(tmp_path):
+    from runner import app
+    from test_config import compose_with
+
+    for overrides, key in ((["target=s3", "target.bucket=bench", "pattern=metadata", "object_mb=4"], "object_mb"),
+                           (["object_mb=4", "file_kb=4"], "file_kb"),
+                           (["object_mb=4", "pattern=append"], "object_mb"),
+                           (["object_mb=4", "block_kb=3072"], "object_mb")):
+        with pytest.raises(ConfigError) as e:
+            app.to_spec(compose_with(overrides))
+        assert e.value.key == key, overrides
+    spec = app.to_spec(compose_with(["object_mb=4", "size_mb=64", "writers=2"]))  # local: files of object_mb
+    assert (spec.files_per_writer, spec.file_bytes) == (8, 4 * MiB)
+    spec = app.to_spec(compose_with(["target=s3", "target.bucket=bench", "size_mb=64"]))  # null: 16 MiB objects
+    assert spec.object_bytes == 16 * MiB and spec.objects_per_writer == 4
 
 
 def test_spec_sizes_objects_from_size_and_writers():
@@ -96,6 +134,9 @@ def only_run(tmp_path):
 
 @pytest.mark.slow
 def test_seq_write_then_read_log_objects_ttfb_and_provenance(s3_server, tmp_path):
+    r = cli(s3_server, tmp_path / "default", "size_mb=32")  # object_mb=null: 16 MiB objects
+    assert r.returncode == 0, r.stderr
+    assert only_run(tmp_path / "default").data.metrics["objects_total"] == 2
     r = cli(s3_server, tmp_path, "pattern=seq_write", "object_mb=1", "size_mb=16", "writers=2")
     assert r.returncode == 0, r.stderr
     run_ = only_run(tmp_path)
@@ -153,8 +194,22 @@ def test_ranged_reads_with_iodepth_and_mixed_and_multipart(s3_server, tmp_path):
 
     ratio = len(body) / len(zstandard.ZstdCompressor(level=1).compress(body))
     assert 1.7 < ratio < 2.4  # dgen-py's compress_ratio=2 holds in the object
+    assert f"s3://iosweep/{kept[0].rsplit('w0/', 1)[0]}" in r.stdout + json.dumps(only_run(tmp_path / "mp").data.tags)
+    r = cli(s3_server, tmp_path / "after", "pattern=seq_write", "object_mb=1", "size_mb=1")
+    assert r.returncode == 0 and len([k for k in keys(s3_server) if k in kept]) == 2  # kept on purpose: not stale
     prefix = kept[0].rsplit("w0/", 1)[0]
     c.delete_objects(Bucket="iosweep", Delete={"Objects": [{"Key": k} for k in keys(s3_server, prefix=prefix)]})
+
+
+@pytest.mark.slow
+def test_a_versioned_bucket_keeps_no_version_of_ours(s3_server, tmp_path):
+    c = s3_server.client()
+    bucket = s3_server.make_bucket("versioned")
+    c.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    r = cli(s3_server, tmp_path, "pattern=mixed", "object_mb=1", "size_mb=2", "duration_s=1", bucket=bucket)
+    assert r.returncode == 0, r.stderr
+    listed = c.list_object_versions(Bucket=bucket)
+    assert listed.get("Versions", []) == [] and listed.get("DeleteMarkers", []) == []
 
 
 @pytest.mark.slow
@@ -269,14 +324,17 @@ def test_server_stopped_mid_run_fails_in_one_line_and_the_next_run_cleans(s3_ser
 def test_a_killed_worker_fails_the_run_and_its_objects_are_deleted(s3_server, tmp_path):
     import psutil
 
-    proc = _start(s3_server, tmp_path, "pattern=seq_write", "object_mb=1", "size_mb=8", "duration_s=60")
+    proc = _start(s3_server, tmp_path, "pattern=seq_write", "object_mb=12", "target.multipart_mb=8", "block_kb=6144",
+                  "size_mb=24", "duration_s=60")
     try:
         _wait_for(proc, "MiB/s")
         workers = [p for p in psutil.Process(proc.pid).children(recursive=True) if "iosweep-worker" in " ".join(
             p.cmdline()) or "multiprocessing" in " ".join(p.cmdline())]
         assert workers
-        assert [k for k in keys(s3_server) if "/w0/o" in k]
-        for w in workers:
+        t0 = time.monotonic()
+        while not s3_server.client().list_multipart_uploads(Bucket="iosweep").get("Uploads"):
+            assert time.monotonic() - t0 < 30, "no multipart upload in flight"
+        for w in workers:  # mid-upload: its parts stay on the server unless the upload is aborted
             w.send_signal(signal.SIGKILL)
         out, err = proc.communicate(timeout=90)
     finally:
@@ -286,6 +344,7 @@ def test_a_killed_worker_fails_the_run_and_its_objects_are_deleted(s3_server, tm
     assert "died" in err and "Traceback" not in err
     assert only_run(tmp_path).info.status == "FAILED"
     assert not [k for k in keys(s3_server) if "iosweep-" in k]  # the server was there: all of it deleted
+    assert not s3_server.client().list_multipart_uploads(Bucket="iosweep").get("Uploads")  # aborted too
 
 
 @pytest.mark.slow

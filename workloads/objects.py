@@ -188,20 +188,44 @@ class _Data:
             self.thread.join(5.0)
 
 
-def _plan(spec, worker: int):
-    """The ops of one pass as (object index, offset or None, is_write); rand_read's and mixed's drawn
-    from the seed (a pass of rand_read: as many ranges as the objects hold blocks)."""
-    n = spec.objects_per_writer
-    rng = np.random.default_rng([spec.seed, worker])
-    if spec.pattern == "rand_read":
-        per = spec.object_bytes // spec.block_size
-        objs = rng.integers(0, n, n * per)
-        offs = rng.integers(0, per, n * per) * spec.block_size
-        return [(int(o), int(b), False) for o, b in zip(objs, offs)]
-    if spec.pattern == "mixed":
-        writes = rng.integers(0, 100, n) >= spec.read_pct
-        return [(int(o), None, bool(w)) for o, w in zip(rng.integers(0, n, n), writes)]
-    return [(i, None, spec.pattern == "seq_write") for i in range(n)]
+class _Plan:
+    """Op j -> (object index, offset or None, is_write). seq_*: object j mod n. rand_read and mixed draw
+    every op from (seed, worker, j's chunk of CHUNK ops): a pass of millions of ranges holds one chunk in
+    memory, and a timed run draws fresh ops rather than repeating a pass (mixed: read_pct holds over
+    the ops issued, however few objects there are)."""
+
+    CHUNK = 1 << 16
+
+    def __init__(self, spec, worker: int):
+        self.spec, self.worker, self.n = spec, worker, spec.objects_per_writer
+        self.chunks: dict[int, tuple] = {}
+        self.lock = threading.Lock()
+        self.drawn = spec.pattern in ("rand_read", "mixed")
+        self.writes = spec.pattern == "seq_write" or (spec.pattern == "mixed" and spec.read_pct < 100)
+        self.per = spec.object_bytes // spec.block_size if spec.pattern == "rand_read" else 1
+        self.length = self.n * self.per  # one pass: as many ranges as the objects hold blocks, else n ops
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, j: int) -> tuple[int, int | None, bool]:
+        if not self.drawn:
+            return j % self.n, None, self.writes
+        c, i = divmod(j, self.CHUNK)
+        chunk = self.chunks.get(c)
+        if chunk is None:
+            with self.lock:  # iodepth threads: one draws it
+                chunk = self.chunks.get(c)
+                if chunk is None:
+                    rng = np.random.default_rng([self.spec.seed, self.worker, c])
+                    chunk = (rng.integers(0, self.n, self.CHUNK), rng.integers(0, self.per, self.CHUNK),
+                             rng.integers(0, 100, self.CHUNK) >= self.spec.read_pct)
+                    if len(self.chunks) >= 4:
+                        self.chunks.pop(min(self.chunks))
+                    self.chunks[c] = chunk
+        if self.spec.pattern == "mixed":
+            return int(chunk[0][i]), None, bool(chunk[2][i])
+        return int(chunk[0][i]), int(chunk[1][i]) * self.spec.block_size, False
 
 
 def object_loop(spec, worker: int, prefix: str, wait_start, ops_done=None, stop=None, bytes_done=None) -> dict:
@@ -209,9 +233,8 @@ def object_loop(spec, worker: int, prefix: str, wait_start, ops_done=None, stop=
     and histograms in worker_loop's shape (plus hist_ttfb and objects_total)."""
     objects = Objects(spec, worker, prefix, spec.iodepth)
     parent = os.getppid()
-    plan = _plan(spec, worker)
-    writes = any(w for _, _, w in plan)
-    data = _Data(spec, worker, spec.iodepth + 1) if writes else None
+    plan = _Plan(spec, worker)
+    data = _Data(spec, worker, spec.iodepth + 1) if plan.writes else None
     try:
         if spec.pattern != "seq_write":  # reads find their objects there, as files are laid out first
             layout = data or _Data(spec, worker, 1)  # the stream's first pass, as a file's layout
@@ -263,7 +286,7 @@ def _measure(spec, worker, objects, plan, data, wait_start, ops_done, stop, byte
                 j = next(counter)
                 if j >= total or clock() >= deadline:
                     return
-                index, offset, is_write = plan[j % len(plan)]
+                index, offset, is_write = plan[j]
                 key = objects.keys[index]
                 if is_write:
                     lat: list = []

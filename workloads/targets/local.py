@@ -164,8 +164,37 @@ def _start_ticks(pid: int) -> int | None:
         return None
 
 
+def _machine() -> dict:
+    """What makes a pid mean one process: the boot (a host sharing our name, or rebooted, has another
+    boot_id) and the pid namespace (a container sharing our hostname has its own pids)."""
+    def read(f, what):
+        try:
+            return f(what)
+        except OSError:
+            return ""
+
+    return {"boot": read(lambda p: open(p).read().strip(), "/proc/sys/kernel/random/boot_id"),
+            "pidns": read(os.readlink, "/proc/self/ns/pid")}
+
+
 def owner(pid: int) -> dict:
-    return {"host": socket.gethostname(), "pid": pid, "start": _start_ticks(pid)}
+    return {"host": socket.gethostname(), "pid": pid, "start": _start_ticks(pid), **_machine()}
+
+
+def owner_is_dead(record) -> bool:
+    """True only when the marker names a process of this machine and pid namespace that is gone: a marker
+    of another host, boot or namespace (whose pids mean nothing here), or one that cannot be read as a
+    marker, is not proof of anything. Markers without boot/pidns (older iosweep) go by the host alone."""
+    if not isinstance(record, dict) or record.get("host") != socket.gethostname():
+        return False
+    here = _machine()
+    if any(key in record and record[key] != here[key] for key in here):
+        return False
+    pid = record.get("pid")
+    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
+        return False
+    now = owner(pid)
+    return not (now["start"] is not None and now["start"] == record.get("start"))
 
 
 def remove_stale_scratch(root: Path) -> list[Path]:
@@ -177,11 +206,8 @@ def remove_stale_scratch(root: Path) -> list[Path]:
             if d.is_symlink() or not d.is_dir():
                 continue
             record = json.loads((d / OWNER_FILE).read_text())
-            if not isinstance(record, dict) or record.get("host") != socket.gethostname():
-                continue  # not ours, or made on another host sharing this dir: its pids mean nothing here
-            now = owner(int(record["pid"]))
-            if now["start"] is not None and now == record:
-                continue  # its owner is still running
+            if not owner_is_dead(record):
+                continue  # still running, or made on another host or namespace sharing this dir
             for f in d.iterdir():
                 if OUR_NAMES.fullmatch(f.name) and f.is_file() and not f.is_symlink() and f.name != OWNER_FILE:
                     f.unlink()

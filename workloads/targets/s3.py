@@ -16,13 +16,12 @@ import json
 import os
 import re
 import secrets
-import socket
 from urllib.parse import urlsplit
 
 from ..errors import ConfigError, WorkloadError
 from ..spec import S3Spec, Spec
 from .base import Mount, Placement, register
-from .local import owner
+from .local import owner, owner_is_dead
 
 OWNER_KEY = ".iosweep-owner"
 RUN_PREFIX = re.compile(r"iosweep-\d+-[0-9a-f]{8}/")
@@ -31,6 +30,9 @@ OBJECT_PATTERNS = ("seq_write", "seq_read", "rand_read", "mixed", "metadata")
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]")  # S3's bucket naming rules
 REGION = re.compile(r"[a-z0-9\-]{1,32}")
 MAX_PREFIX = 512  # keys are at most 1024 bytes: leave room for iosweep's own part
+PREFIX_CHARS = re.compile(r"[A-Za-z0-9!_.*'()/\-]*")  # S3's "safe characters": every server stores them as given
+MAX_BUFFER_SHARE = 0.5  # the objects' buffers of all writers may take at most this share of RAM
+PARENT_READ_TIMEOUT_S = 10.0  # HEAD bucket, the owner marker, cleanup: small answers, a stuck server fails fast
 MIN_PART = 5 << 20  # S3 refuses multipart parts below 5 MiB (but the last)
 MAX_PARTS = 10000
 MAX_CONNECTIONS = 1024
@@ -45,30 +47,36 @@ def check(spec: Spec) -> None:
             "choose one of " + ", ".join(OBJECT_PATTERNS)
         raise ConfigError("pattern", spec.pattern, f"not with target=s3: {fix}")
     if s3.endpoint_url is not None:
-        parts = urlsplit(s3.endpoint_url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.query \
-                or parts.fragment or parts.path not in ("", "/"):
+        try:
+            parts = urlsplit(s3.endpoint_url) if isinstance(s3.endpoint_url, str) else None
+            port_ok = parts is not None and (parts.port is None or parts.port > 0)
+        except ValueError:  # a port out of range or not a number
+            parts, port_ok = None, False
+        if not port_ok or parts.scheme not in ("http", "https") or not parts.hostname or parts.username \
+                or parts.query or parts.fragment or parts.path not in ("", "/") or s3.endpoint_url != s3.endpoint_url.strip():
             raise ConfigError("target.endpoint_url", s3.endpoint_url, "must be http(s)://HOST[:PORT] "
                                                                       "(no path, no user:password@), or null for AWS")
     if not isinstance(s3.bucket, str) or not BUCKET_NAME.fullmatch(s3.bucket) or ".." in s3.bucket:
         raise ConfigError("target.bucket", s3.bucket, "must be an S3 bucket name: 3-63 characters of a-z 0-9 . -, "
                                                       "starting and ending with a letter or digit")
     prefix = s3.prefix
-    if not isinstance(prefix, str) or len(prefix.encode()) > MAX_PREFIX or prefix.startswith("/") \
-            or any(ord(c) < 32 or c == "\x7f" for c in prefix) or "//" in prefix \
-            or any(part in (".", "..") for part in prefix.split("/")):
-        raise ConfigError("target.prefix", prefix, f"must be a key prefix of at most {MAX_PREFIX} bytes, without a "
-                                                   "leading /, //, . or .. parts, or control characters")
+    if not isinstance(prefix, str) or len(prefix) > MAX_PREFIX or not PREFIX_CHARS.fullmatch(prefix) \
+            or prefix.startswith("/") or "//" in prefix or any(part in (".", "..") for part in prefix.split("/")):
+        raise ConfigError("target.prefix", prefix, f"must be a key prefix of at most {MAX_PREFIX} of S3's safe "
+                                                   "characters (letters, digits, ! - _ . * ' ( ) and /: a server may "
+                                                   "rewrite others, e.g. \\ to /), without a leading /, // or . and "
+                                                   ".. parts")
     if not isinstance(s3.region, str) or not REGION.fullmatch(s3.region):
         raise ConfigError("target.region", s3.region, "must be an AWS region name such as us-east-1")
     if (s3.access_key_id is None) != (s3.secret_access_key is None):
         key = "target.secret_access_key" if s3.secret_access_key is None else "target.access_key_id"
-        raise ConfigError(key, None, "set both target.access_key_id and target.secret_access_key, or neither "
-                                     "(boto3's chain: AWS_ACCESS_KEY_ID..., ~/.aws)")
+        raise _credential_error(key, f"{key.split('.')[1]} is not set: set both target.access_key_id and "
+                                     "target.secret_access_key, or neither (boto3's chain: AWS_ACCESS_KEY_ID..., "
+                                     "~/.aws)")
     for key in ("access_key_id", "secret_access_key"):
         value = getattr(s3, key)
         if value is not None and (not isinstance(value, str) or not value or any(ord(c) < 33 for c in value)):
-            raise ConfigError(f"target.{key}", "MASKED", "must be a non-empty string without spaces")
+            raise _credential_error(f"target.{key}", "must be a non-empty string without spaces")
     if isinstance(s3.max_connections, bool) or not isinstance(s3.max_connections, int) \
             or not 1 <= s3.max_connections <= MAX_CONNECTIONS:
         raise ConfigError("target.max_connections", s3.max_connections, f"must be a whole number from 1 to "
@@ -102,6 +110,7 @@ def check(spec: Spec) -> None:
     if spec.pattern == "rand_read" and spec.block_size > ob:
         raise ConfigError("block_kb", spec.block_size >> 10, f"a ranged read must fit in one object of "
                                                              f"object_mb={ob / (1 << 20):g}: lower block_kb")
+    check_memory(spec)
     if spec.writes and ob > s3.multipart_bytes:
         parts = -(-ob // spec.block_size)
         if spec.block_size < MIN_PART:
@@ -114,14 +123,39 @@ def check(spec: Spec) -> None:
                                                                  "raise block_kb")
 
 
-def client(s3: S3Spec, pool: int | None = None):
+def _credential_error(key: str, why: str) -> ConfigError:
+    """A ConfigError about a credential key, said as `key: why`: never its value (masking `key=value` would
+    also swallow the text after it)."""
+    e = ConfigError(key, None, why)
+    e.args = (f"{key}: {why}",)
+    return e
+
+
+def check_memory(spec: Spec) -> None:
+    """Whole objects sit in memory: iodepth read buffers, and iodepth + the ones generated ahead for writes,
+    per writer. Refused past half the RAM, naming what to lower, rather than a MemoryError mid-run."""
+    import psutil
+
+    ob, depth = spec.object_bytes, spec.iodepth
+    reads = depth * (spec.block_size if spec.pattern == "rand_read" else ob) if spec.reads else 0
+    writes = (2 * depth + 2) * ob if spec.writes else 0
+    need = spec.writers * (reads + writes)
+    ram = psutil.virtual_memory().total
+    if need > MAX_BUFFER_SHARE * ram:
+        raise ConfigError("object_mb", ob / (1 << 20), f"needs {need / 2**30:.1f} GiB of object buffers (writers="
+                                                       f"{spec.writers} x iodepth={depth} x objects in flight) and "
+                                                       f"this machine has {ram / 2**30:.0f} GiB: lower object_mb, "
+                                                       "iodepth or writers")
+
+
+def client(s3: S3Spec, pool: int | None = None, read_timeout_s: float | None = None):
     """A boto3 S3 client: bounded connect and read timeouts and no retries (a failure is reported,
     not hidden in back-off), checksums only where S3 requires them (as a plain PUT/GET loop does),
     path-style addressing for endpoints other than AWS (MinIO, SeaweedFS, Ceph)."""
     import boto3
     from botocore.config import Config
 
-    config = Config(connect_timeout=s3.connect_timeout_s, read_timeout=s3.read_timeout_s,
+    config = Config(connect_timeout=s3.connect_timeout_s, read_timeout=read_timeout_s or s3.read_timeout_s,
                     retries={"total_max_attempts": 1},  # one attempt: botocore's max_attempts counts retries
                     max_pool_connections=max(pool or 1, s3.max_connections),
                     request_checksum_calculation="when_required", response_checksum_validation="when_required",
@@ -136,12 +170,14 @@ def error_line(e: BaseException, s3: S3Spec, what: str) -> tuple[str | None, str
     from botocore import exceptions as bx
 
     where = f"{s3.host} bucket {s3.bucket}"
-    if isinstance(e, (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ConnectionClosedError)):
+    if isinstance(e, bx.ConnectionClosedError):
+        return "target.endpoint_url", f"{what}: {s3.endpoint_url or where} closed the connection (the server stopped?)"
+    if isinstance(e, (bx.EndpointConnectionError, bx.ConnectTimeoutError)):
         return "target.endpoint_url", (f"{what}: {s3.endpoint_url or where} cannot be reached within "
                                        f"{s3.connect_timeout_s:g} s ({type(e).__name__}): start the server or fix "
                                        "target.endpoint_url")
     if isinstance(e, bx.ReadTimeoutError):
-        return None, f"{what}: {where} did not answer within target.read_timeout_s={s3.read_timeout_s:g} s"
+        return None, f"{what}: {where} accepted the connection but did not answer in time (a stuck server?)"
     if isinstance(e, bx.NoCredentialsError):
         return "target.access_key_id", (f"{what}: no credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
                                         "(or ~/.aws), or target.access_key_id and target.secret_access_key")
@@ -182,8 +218,10 @@ class S3Target:
 
     @property
     def client(self):
+        """The parent's client: its requests (HEAD bucket, markers, listings, deletes) are small, so a server
+        that accepts connections but does not answer fails in PARENT_READ_TIMEOUT_S, not read_timeout_s."""
         if self._client is None:
-            self._client = client(self.s3)
+            self._client = client(self.s3, read_timeout_s=min(self.s3.read_timeout_s, PARENT_READ_TIMEOUT_S))
         return self._client
 
     def _call(self, what: str, fn, *args, **kwargs):
@@ -210,6 +248,10 @@ class S3Target:
                 raise
             head = self._call(f"CREATE bucket {s3.bucket}", c.create_bucket, Bucket=s3.bucket)
         server = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("server", "")
+        try:  # a versioned bucket keeps what a DELETE removes: iosweep deletes the versions it wrote
+            self.versioned = c.get_bucket_versioning(Bucket=s3.bucket).get("Status") in ("Enabled", "Suspended")
+        except Exception:  # noqa: BLE001 -- not implemented by the server, or not allowed: plain deletes
+            self.versioned = False
         removed = self.remove_stale()
         token = f"{os.getpid()}-{secrets.token_hex(4)}"
         prefix = run_prefix_of(s3, token)
@@ -220,8 +262,11 @@ class S3Target:
         if removed:
             placement.warnings.append(f"removed {removed} object(s) left under {s3.prefix or '/'} by earlier "
                                       "iosweep runs whose process died")
+        if self.spec.keep_files:  # kept on purpose: a later run must not take them for a dead run's leftovers
+            placement.extra_info["files"] = [f"s3://{s3.bucket}/{prefix}"]
+        marker = dict(owner(os.getpid()), keep=self.spec.keep_files)
         self._call(f"PUT s3://{s3.bucket}/{prefix}{OWNER_KEY}", c.put_object, Bucket=s3.bucket,
-                   Key=prefix + OWNER_KEY, Body=json.dumps(owner(os.getpid())).encode())
+                   Key=prefix + OWNER_KEY, Body=json.dumps(marker).encode())
         return placement
 
     def create_files(self, placement: Placement) -> None:
@@ -234,7 +279,9 @@ class S3Target:
         if prefix is None:
             return
         try:
-            self.delete_ours(prefix)
+            if not self.delete_ours(prefix):  # not even the marker: the server stored the keys elsewhere
+                placement.warnings.append(f"found nothing to delete under s3://{self.s3.bucket}/{prefix}: the "
+                                          "server may have stored the objects under other names")
         except Exception as e:  # noqa: BLE001 -- any failure: say what stays, never a traceback on cleanup
             from botocore import exceptions as bx
 
@@ -244,20 +291,31 @@ class S3Target:
                                       "the next iosweep run on this host with this bucket deletes them")
 
     def delete_ours(self, prefix: str) -> int:
-        """Delete the keys iosweep names under `prefix` (one of its run prefixes); the owner marker last,
-        so a cleanup cut short leaves a prefix the next run still recognises."""
+        """Delete the keys iosweep names under `prefix` (one of its run prefixes): the multipart uploads a
+        killed worker left open, every version of them in a versioned bucket, the owner marker last (a
+        cleanup cut short leaves a prefix the next run still recognises). Returns the keys deleted."""
         c, bucket = self.client, self.s3.bucket
-        ours = []
-        for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-            ours += [o["Key"] for o in page.get("Contents", []) if OUR_KEYS.fullmatch(o["Key"][len(prefix):])]
-        ours.sort(key=lambda k: k.endswith(OWNER_KEY))
-        for i in range(0, len(ours), 1000):  # DeleteObjects takes at most 1000 keys
-            batch = ours[i:i + 1000]
-            out = c.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True})
+        ours = lambda key: OUR_KEYS.fullmatch(key[len(prefix):])  # noqa: E731
+        for page in c.get_paginator("list_multipart_uploads").paginate(Bucket=bucket, Prefix=prefix):
+            for up in page.get("Uploads", []):
+                if ours(up["Key"]):
+                    c.abort_multipart_upload(Bucket=bucket, Key=up["Key"], UploadId=up["UploadId"])
+        if getattr(self, "versioned", False):
+            found = []
+            for page in c.get_paginator("list_object_versions").paginate(Bucket=bucket, Prefix=prefix):
+                found += [{"Key": v["Key"], "VersionId": v["VersionId"]}
+                          for v in page.get("Versions", []) + page.get("DeleteMarkers", []) if ours(v["Key"])]
+        else:
+            found = [{"Key": o["Key"]} for page in c.get_paginator("list_objects_v2").paginate(Bucket=bucket,
+                                                                                              Prefix=prefix)
+                     for o in page.get("Contents", []) if ours(o["Key"])]
+        found.sort(key=lambda o: o["Key"].endswith(OWNER_KEY))
+        for i in range(0, len(found), 1000):  # DeleteObjects takes at most 1000 keys
+            out = c.delete_objects(Bucket=bucket, Delete={"Objects": found[i:i + 1000], "Quiet": True})
             if out.get("Errors"):
                 err = out["Errors"][0]
                 raise WorkloadError(f"DELETE {err.get('Key')}: {err.get('Code')} {err.get('Message', '')}")
-        return len(ours)
+        return len({o["Key"] for o in found})
 
     def remove_stale(self) -> int:
         """Delete the objects of earlier runs under target.prefix whose process died on this host."""
@@ -274,11 +332,8 @@ class S3Target:
                 continue
             try:
                 record = json.loads(c.get_object(Bucket=s3.bucket, Key=run + OWNER_KEY)["Body"].read())
-                if not isinstance(record, dict) or record.get("host") != socket.gethostname():
-                    continue  # another host's run: its pids mean nothing here
-                now = owner(int(record["pid"]))
-                if now["start"] is not None and now == record:
-                    continue  # still running
+                if not owner_is_dead(record) or record.get("keep"):
+                    continue  # running, another machine's or namespace's, or kept on purpose (keep_files)
                 removed += self.delete_ours(run)
             except Exception:  # noqa: BLE001 -- no marker, unreadable: not provably ours, left alone
                 continue
