@@ -21,6 +21,16 @@ def _isolated_tracking(monkeypatch):
     monkeypatch.delenv("IOSWEEP_PARENT_RUN_ID", raising=False)
 
 
+SERVER_PIDS: set[int] = set()  # servers a session fixture started (weed): children of pytest, not of a run
+
+
+def children_but_servers():
+    """This process's children, but the servers the session's fixtures started."""
+    import psutil
+
+    return [c for c in psutil.Process().children() if c.pid not in SERVER_PIDS]
+
+
 def run_cli(cwd: Path, *args: str, module: str = "runner", timeout: float = 300, env: dict | None = None):
     """Run `python -m runner ARGS` in cwd the way a user would; returns CompletedProcess."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "IOSWEEP_"))}
@@ -127,6 +137,7 @@ class S3Server:
                                           cwd=self.root, start_new_session=True,  # own group: stop() kills it all
                                           preexec_fn=_die_with_parent)  # a SIGKILLed pytest leaves no weed behind
         self.pid = self._proc.pid
+        SERVER_PIDS.add(self.pid)
         t0 = time.monotonic()
         while not self._answers():
             if self._proc.poll() is not None or time.monotonic() - t0 > self.start_timeout:

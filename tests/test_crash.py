@@ -11,7 +11,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import run_cli
+from conftest import children_but_servers, run_cli
 from test_faults import start_cli, wait_for_measuring, wait_for_runs, workers_of
 from workloads import Spec, WorkloadError, job, processes
 from workloads.targets import local
@@ -57,7 +57,7 @@ def test_a_stopped_worker_ends_the_run_by_itself(tmp_path, monkeypatch, grace, s
 
     def stop_one(*_):  # the first progress call: the window is open
         if not stopped:
-            worker = next(c for c in psutil.Process().children() if "resource_tracker" not in " ".join(c.cmdline()))
+            worker = next(c for c in children_but_servers() if "resource_tracker" not in " ".join(c.cmdline()))
             worker.suspend()
             stopped.append(worker)
 
@@ -77,7 +77,7 @@ def test_a_stopped_worker_ends_the_run_by_itself(tmp_path, monkeypatch, grace, s
     assert (kept is None) == (writers == 1)
     assert kept is None or (kept.ops_read > 0 and not kept.valid and "worker" in " ".join(kept.warnings))
     assert took < 2.0 + 1.0 + 15, took  # window + grace or stall + start-up and reaping on a loaded machine
-    assert not [c for c in psutil.Process().children() if alive(c.pid) and "resource_tracker" not in
+    assert not [c for c in children_but_servers() if alive(c.pid) and "resource_tracker" not in
                 " ".join(c.cmdline())]
     assert not (tmp_path / "t").exists() or list((tmp_path / "t").iterdir()) == []
 
@@ -207,7 +207,7 @@ def test_a_worker_stopped_before_it_got_ready_ends_the_run(tmp_path, monkeypatch
                 target_dir=str(tmp_path / "t"))
     with pytest.raises(WorkloadError, match=r"worker 1 \(pid \d+, stopped\) did not get ready within 1 s"):
         job.run(spec)
-    assert not [c for c in psutil.Process().children() if alive(c.pid) and "resource_tracker" not in
+    assert not [c for c in children_but_servers() if alive(c.pid) and "resource_tracker" not in
                 " ".join(c.cmdline())]
     assert list((tmp_path / "t").iterdir()) == []
 
@@ -218,7 +218,7 @@ def test_a_worker_killed_mid_run_is_noticed_at_once(tmp_path):
 
     def kill_one(*_):
         if not killed:
-            worker = next(c for c in psutil.Process().children() if "resource_tracker" not in " ".join(c.cmdline()))
+            worker = next(c for c in children_but_servers() if "resource_tracker" not in " ".join(c.cmdline()))
             worker.kill()
             killed.append(time.monotonic())
 
@@ -244,7 +244,7 @@ def test_a_worker_that_cannot_be_killed_is_not_waited_for(tmp_path, monkeypatch)
 
     def stop_one(*_):
         if not stopped:
-            worker = next(c for c in psutil.Process().children() if "resource_tracker" not in " ".join(c.cmdline()))
+            worker = next(c for c in children_but_servers() if "resource_tracker" not in " ".join(c.cmdline()))
             worker.suspend()
             stopped.append(worker)
 

@@ -3,11 +3,10 @@ the Result counts exactly what was read; bad input is one line; the finding comp
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 from hydra import compose, initialize_config_dir
 
-from conftest import mlflow_runs, run_cli
+from conftest import children_but_servers, mlflow_runs, run_cli
 from runner import app, schema, summary
 from workloads import ConfigError, DataSpec, Interrupted, Spec, WorkloadError, formats, job, run
 
@@ -104,7 +103,7 @@ def test_a_worker_killed_mid_load_fails_the_run_and_cleans_up(tmp_path):
 
     def kill_one(*_):
         if not killed:
-            worker = next(c for c in psutil.Process().children() if "resource_tracker" not in " ".join(c.cmdline()))
+            worker = next(c for c in children_but_servers() if "resource_tracker" not in " ".join(c.cmdline()))
             worker.kill()
             killed.append(True)
 
