@@ -495,6 +495,8 @@ def run_point(cfg: DictConfig) -> float:
         if not multirun:
             console.fail(str(e))
         print(f"iosweep: point failed: {e}", flush=True)
+        if _optimising(hc):
+            raise TrialFailed(str(e)) from None
         return float("nan")
     progress.done()
     print(console.result_table(result), flush=True)
@@ -502,7 +504,22 @@ def run_point(cfg: DictConfig) -> float:
     record = dict(base, **measured)
     record["tags"].update(auto)
     _write_and_publish(run_dir, record, files)
-    return float(record["metrics"].get(objective, float("nan")))
+    # an invalid point (page cache, O_DIRECT ignored, null engine) is no answer: an optimiser counts it failed
+    value = float(record["metrics"].get(objective, float("nan"))) if record.get("valid") else float("nan")
+    if math.isnan(value) and _optimising(hc):
+        raise TrialFailed(f"{objective} of this point is no answer: " + (record["warnings"][0] if record.get(
+            "warnings") else "not measured"))
+    return value
+
+
+class TrialFailed(Exception):
+    """For an optimising sweeper (Optuna): the point measured nothing valid. Optuna's sweeper cannot take NaN
+    (hydra-optuna-sweeper 1.3 with optuna 2.10 fails the whole sweep on it), but counts a job that raised
+    as a failed trial (tracking.optuna_defaults sets max_failure_rate=1 so the search goes on)."""
+
+
+def _optimising(hc) -> bool:
+    return "optuna" in str(OmegaConf.select(hc, "sweeper._target_") or "").lower()
 
 
 def _objective(cfg: DictConfig) -> str:

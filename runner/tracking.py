@@ -485,6 +485,7 @@ class SweepCallback(Callback):
             from .console import fail
 
             fail(f"objective={objective!r}: not a metric; choose one of {', '.join(OBJECTIVES)}")
+        direction = optuna_defaults(config, objective)
         tags = {"mlflow.runName": f"sweep {overrides}", "iosweep.sweep": "true",
                 "iosweep.overrides": secrets.mask_text(" ".join(task)),
                 "iosweep.sweep_dir": str(Path(config.hydra.sweep.dir).absolute()), **process_tags()}
@@ -493,6 +494,9 @@ class SweepCallback(Callback):
         from .host import host_tags
 
         tags.update(host_tags())
+        if direction:
+            tags["iosweep.optuna_direction"] = direction
+        self.objective = objective
         self.sweep_dir = Path(config.hydra.sweep.dir)
         atexit.register(self._finish)  # Hydra skips on_multirun_end when a job raised
         try:
@@ -613,11 +617,72 @@ class SweepCallback(Callback):
         for batch in _chunks(items, MAX_METRICS):
             c.log_batch(parent, metrics=batch, tags=tags)
             tags = []
-        for path in [self.sweep_dir / "summary.md", self.sweep_dir / "summary.csv", *pngs]:
+        optuna = self.sweep_dir / "optimization_results.yaml"  # hydra/sweeper=optuna: best_params, best_value
+        if optuna.exists():
+            import yaml
+
+            found = yaml.safe_load(optuna.read_text()) or {}
+            if isinstance(found.get("best_params"), dict):
+                best = " ".join(f"{k}={v}" for k, v in found["best_params"].items())
+                c.set_tag(parent, "iosweep.optuna_best_params", secrets.mask_text(best))
+                c.log_metric(parent, f"optuna_best_{getattr(self, 'objective', 'value')}", float(found["best_value"]))
+        for path in [self.sweep_dir / "summary.md", self.sweep_dir / "summary.csv", *pngs, optuna]:
             if path.exists():  # a study's plots under study_<name>/, as in the sweep dir
                 folder = path.parent.relative_to(self.sweep_dir).as_posix()
                 c.log_artifact(parent, str(path), artifact_path=None if folder == "." else folder)
         c.set_terminated(parent, status)
+
+
+MINIMIZED = ("elapsed_s", "cpu_util_pct", "cache_served_pct", "write_amplification", "device_read_bytes",
+             "device_write_bytes", "fsyncs")  # objectives where less is better, besides every latency (*_us)
+
+
+def optuna_defaults(config: DictConfig, objective: str) -> str | None:
+    """hydra/sweeper=optuna minimises by default; iosweep's objective says which way is better
+    (throughput: maximize; a latency: minimize). And it stops the search at the first failed trial
+    (max_failure_rate=0): an invalid point is a failed trial (app.TrialFailed), not the end of the
+    search. Both set unless the user typed them. Returns the direction, None for other sweepers."""
+    from omegaconf import read_write
+
+    if "optuna" not in str(OmegaConf.select(config, "hydra.sweeper._target_") or "").lower():
+        return None
+    typed = [o.lstrip("+~").split("=", 1)[0] for o in OmegaConf.to_container(config.hydra.overrides.hydra)]
+    want = "minimize" if objective.endswith("_us") or objective in MINIMIZED else "maximize"
+    with read_write(config.hydra.sweeper):
+        if "hydra.sweeper.direction" not in typed:
+            config.hydra.sweeper.direction = want
+        if "hydra.sweeper.max_failure_rate" not in typed:
+            config.hydra.sweeper.max_failure_rate = 1.0
+    _one_line_when_no_trial_completes()
+    direction = str(config.hydra.sweeper.direction).split(".")[-1]
+    print(f"iosweep: hydra/sweeper=optuna: direction={direction} for objective={objective}"
+          + ("" if direction == want else f" (typed; {want} would find the best {objective})"), flush=True)
+    return direction
+
+
+def _one_line_when_no_trial_completes() -> None:
+    """hydra-optuna-sweeper ends a search none of whose trials completed with a traceback (its
+    study.best_trial raises); iosweep fails invalid trials on purpose (app.TrialFailed): say it in
+    one line, exit 2, the parent run closed at exit as for any sweep."""
+    from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl
+
+    original = OptunaSweeperImpl.sweep
+    if getattr(original, "iosweep", False):
+        return
+
+    def sweep(self, arguments):
+        try:
+            return original(self, arguments)
+        except ValueError as e:
+            if "No trials are completed" not in str(e):
+                raise
+            from .console import fail
+
+            fail("hydra/sweeper=optuna: no trial gave a valid result, so there is no best point (each run's "
+                 "iosweep.warnings says why, e.g. engine=null measures no storage): fix the point or widen the search")
+
+    sweep.iosweep = True
+    OptunaSweeperImpl.sweep = sweep
 
 
 def _job_order(path: Path) -> tuple:
