@@ -164,7 +164,7 @@ def format_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
 
     ops_done is published in blocks of the file's bytes, so the sampler's MiB/s is the file bytes'.
     """
-    from .worker import NEVER, Aborted
+    from .worker import open_window
 
     path = extents[0][0] if extents else path
     size = os.path.getsize(path)
@@ -176,12 +176,7 @@ def format_loop(spec: Spec, worker: int, path: str | None, direct: bool, wait_st
     user = system = 0.0
     evict_ns = 0  # time spent evicting between loads: taken out of the window
     warm_up(fmt)
-    wait_start()
-    if stop is not None and stop.value:
-        raise Aborted()
-    t_start = clock()
-    ramp_end = t_start + int(spec.ramp_s * 1e9)
-    deadline = ramp_end + int(spec.duration_s * 1e9) if spec.duration_s else NEVER
+    t_start, ramp_end, deadline = open_window(spec, wait_start, stop)
     measuring, t_measure = spec.ramp_s <= 0, t_start
     while True:
         if loads and cold:  # the first load finds the file evicted by prepare_files

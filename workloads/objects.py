@@ -34,10 +34,9 @@ import numpy as np
 from .data import stream_fill
 from .metrics import LatencyHistogram
 from .targets.s3 import LIST_PAGE, client, error_line
-from .worker import Aborted, cpu_s
+from .worker import NEVER, Aborted, cpu_s, open_window
 
 PUBLISH_S = 0.05  # the main thread publishes progress and watches stop / the parent this often
-NEVER = 1 << 62
 LAYOUT_PART = 8 << 20  # parts of the objects laid out for reads (the AWS CLI's multipart_chunksize)
 
 
@@ -270,12 +269,7 @@ def _measure(spec, worker, objects, plan, data, wait_start, ops_done, stop, byte
     clock = time.perf_counter_ns
     parent = os.getppid()
 
-    wait_start()
-    if stop is not None and stop.value:
-        raise Aborted()
-    t_start = clock()
-    ramp_end = t_start + int(spec.ramp_s * 1e9)
-    deadline = ramp_end + int(spec.duration_s * 1e9) if spec.duration_s else NEVER
+    t_start, ramp_end, deadline = open_window(spec, wait_start, stop)
     total = NEVER if spec.duration_s else len(plan)
     cpu0 = [cpu_s()]
 

@@ -55,6 +55,17 @@ def cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def open_window(spec: Spec, wait_start, stop) -> tuple[int, int, int]:
+    """Wait for the start (Aborted if the run was stopped meanwhile); returns the window's (start, end of
+    ramp_s, deadline: NEVER without duration_s) on the CLOCK_MONOTONIC ns clock."""
+    wait_start()
+    if stop is not None and stop.value:
+        raise Aborted()
+    t_start = time.perf_counter_ns()
+    ramp_end = t_start + int(spec.ramp_s * 1e9)
+    return t_start, ramp_end, ramp_end + int(spec.duration_s * 1e9) if spec.duration_s else NEVER
+
+
 def open_flags(spec: Spec, direct: bool) -> int:
     """Read-only where nothing is written (a file iosweep must not change), else read-write."""
     writable = spec.writes or (spec.needs_layout and not spec.read_only_target)
