@@ -132,6 +132,7 @@ def test_every_run_carries_provenance(tmp_path):
                      "size_mb=1"]),
     ("append_log", ["record_bytes=1024", "append.mode=buffered", "append.fsync=end,every", "size_mb=1"]),
     ("streaming_write", ["hydra.sweeper.params.writers='1'", "hydra.sweeper.params.trial='1'", "size_mb=16"]),
+    ("tune_write", ["hydra.sweeper.n_trials=2", "target=tmpfs", "direct=false", "data=zeros", "size_mb=16"]),
 ])
 def test_presets_run_in_a_smoke_size(tmp_path, preset, smoke):
     p = run_cli(tmp_path, "-m", f"experiment={preset}", *smoke)
@@ -146,6 +147,6 @@ def test_every_preset_is_covered_by_the_smoke_test():
     presets = {p.stem for p in (CONF / "experiment").glob("*.yaml")}
     assert presets == {"io_microbench", "write_scaling", "fio_parity", "qd_parity", "mmap_parity", "readahead_ab",
                        "io_microbench_formats", "small_files", "model_load_ab", "append_log",
-                       "streaming_write"}
+                       "streaming_write", "tune_write"}
     # io_microbench's smoke run (every study): tests/test_studies.py; the format preset's: tests/test_formats.py;
     # model_load_ab's (it needs a model file): tests/test_model_load.py

@@ -301,10 +301,15 @@ def compose_point(tmp_path: Path, *overrides: str, multirun: bool = False):
 def test_the_task_returns_the_objective_as_a_float(store):
     from runner import app
 
-    cfg, run_dir = compose_point(store, "engine=null", "size_mb=4", "objective=iops")
+    cfg, run_dir = compose_point(store, "target=tmpfs", "data=zeros", "size_mb=8", "objective=iops")
     value = app.run_point(cfg)
     kept = json.loads((run_dir / "result.json").read_text())
-    assert isinstance(value, float) and value == kept["metrics"]["iops"] > 0
+    assert kept["valid"] and isinstance(value, float) and value == kept["metrics"]["iops"] > 0
+
+    cfg, run_dir = compose_point(store, "engine=null", "size_mb=4", "objective=iops")
+    value = app.run_point(cfg)  # measured, but not storage truth: no answer for an optimiser
+    kept = json.loads((run_dir / "result.json").read_text())
+    assert not kept["valid"] and kept["metrics"]["iops"] > 0 and math.isnan(value)
 
     cfg, run_dir = compose_point(store, "engine=null", "size_mb=4", "block_kb=0", multirun=True)
     value = app.run_point(cfg)  # a failed point in a sweep: NaN, and its record says why
