@@ -149,11 +149,29 @@ class S3Server:
         self.start_seconds = time.monotonic() - t0
         return self
 
+    _probe_bucket, _probe_key = "iosweep-test-probe", "probe"
+
     def _answers(self) -> bool:
-        # an authenticated ListBuckets: the port being open is not enough, S3 must also have loaded the identities
+        # The port being open is not enough: S3 must have loaded the identities (an authenticated request), and
+        # after a restart the filer answers before the volume server has registered again, so GETs of objects
+        # written before fail with InternalError for a few seconds. Ready means: an object written at the first
+        # start (1 MiB, not inlined in the filer's metadata) reads back whole.
+        from botocore.exceptions import ClientError
+
+        s3 = self.client(connect_timeout=1, read_timeout=5, retries={"total_max_attempts": 1})
+        probe = bytes(range(256)) * 4096
         try:
-            self.client(connect_timeout=1, read_timeout=5, retries={"total_max_attempts": 1}).list_buckets()
-            return True
+            s3.list_buckets()
+            try:
+                body = s3.get_object(Bucket=self._probe_bucket, Key=self._probe_key)["Body"].read()
+            except ClientError as e:
+                if e.response["Error"]["Code"] not in ("NoSuchBucket", "NoSuchKey"):
+                    return False
+                if e.response["Error"]["Code"] == "NoSuchBucket":
+                    s3.create_bucket(Bucket=self._probe_bucket)
+                s3.put_object(Bucket=self._probe_bucket, Key=self._probe_key, Body=probe)
+                return False  # read it back on the next round
+            return body == probe
         except Exception:
             return False
 
