@@ -6,6 +6,7 @@ import hydra
 from omegaconf import DictConfig
 
 from runner import app, console, preflight, schema, secrets, tracking
+import workloads
 from workloads import Interrupted
 
 schema.register()
@@ -19,22 +20,57 @@ def main(cfg: DictConfig):
 
 def cli() -> None:
     """`python -m runner` and the `iosweep` console script."""
+    if app.other_rank():
+        _quiet_rank()
     secrets.remember_overrides(sys.argv[1:])  # before anything (Hydra's errors included) can print them
     secrets.guard_terminal()
     sys.argv[1:] = app.quote_null_choices(sys.argv[1:])
     try:
-        preflight.check(sys.argv[1:])
+        if not app.other_rank():  # a rank > 0 meets the same checks inside its point, and rank 0 names it
+            preflight.check(sys.argv[1:])
     except preflight.UserError as e:
         console.fail(str(e), e.code)
     app.stop_on_signals()
     try:
         main()
+    except SystemExit as e:
+        if workloads.clients.broken():
+            _exit_without_mpi_finalize(e.code)
+        raise
     except Interrupted as e:
         tracking.INTERRUPTED.append(e.signum)  # a sweep's parent closes as KILLED (at exit)
         name = signal.Signals(e.signum).name
         print(f"iosweep: stopped by {name}: what it wrote removed (scratch files, objects), the run recorded as KILLED",
               file=sys.stderr)
         sys.exit(128 + e.signum)
+
+
+def _exit_without_mpi_finalize(code) -> None:
+    """A rank of this MPI job died or hangs: MPI_Finalize (which mpi4py calls at exit) would wait for it
+    forever. Run the atexit handlers (the sweep's parent run closes), then leave without it: mpirun
+    ends the other ranks."""
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 2)
+
+
+def _quiet_rank() -> None:
+    """A rank > 0 of an MPI job (clients=N): rank 0 prints and records the point; this one keeps Hydra's
+    run and sweep dirs in a temporary dir of its own (removed at exit) and prints nothing."""
+    import atexit
+    import os
+    import shutil
+    import tempfile
+
+    scratch = tempfile.mkdtemp(prefix="iosweep-rank-")
+    atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+    sys.argv[1:] += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null",
+                     "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    sys.stdout = open(os.devnull, "w")
 
 
 if __name__ == "__main__":

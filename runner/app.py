@@ -109,7 +109,7 @@ def to_spec(cfg: DictConfig) -> Spec:
     _resolve_all(cfg)
     return Spec(
         pattern=cfg.pattern.name, read_pct=_whole(cfg, "pattern.read_pct", 0),
-        block_size=_whole(cfg, "block_kb") * 1024, writers=_whole_or_auto(cfg, "writers"),
+        block_size=_whole(cfg, "block_kb") * 1024, writers=_whole_or_auto(cfg, "writers"), clients=_whole(cfg, "clients"),
         iodepth=_whole(cfg, "iodepth"),
         size_bytes=_size_bytes(cfg), duration_s=_number(cfg, "duration_s", optional=True),
         ramp_s=_number(cfg, "ramp_s", strict=False), direct=_switch(cfg, "direct"),
@@ -375,6 +375,7 @@ APPLIES = {
     "data.buffer_mb": lambda c: c.engine.name not in ("fio", "null") and Spec(pattern=c.pattern.name,
                                                                               trace=c.pattern.trace).writes,
     "prefetch.after": lambda c: c.prefetch.blocks != 0,
+    "client_timeout_s": lambda c: c.clients != 1,
     "target.dir": lambda c: c.target.name not in ("device", "file", "s3"),
     "target.path": lambda c: c.target.name in ("device", "file"),
     "target.size_mb": lambda c: c.target.name == "file",
@@ -442,6 +443,8 @@ def run_point(cfg: DictConfig) -> float:
     value optimising sweepers (Optuna, Nevergrad) minimise or maximise. The sweep's own summary is
     read from the run dirs (tracking.sweep_points), never from this return value.
     """
+    if other_rank():
+        return _run_as_other_rank(cfg)
     hc = HydraConfig.get()
     for name in ("botocore", "boto3"):  # target=s3: "Found credentials in environment variables" is not news
         logging.getLogger(name).setLevel(logging.WARNING)
@@ -455,17 +458,25 @@ def run_point(cfg: DictConfig) -> float:
     base = {"result_id": uuid.uuid4().hex, "name": run_name(cfg), "overrides": typed,
             "params": params_of(cfg, hc), "start_ms": start_ms,
             "parent_run_id": tracking.parent_run_id() if multirun else None}
+    clients = None
     try:
         objective = _objective(cfg)
         auto = resolve_auto(cfg)
         if auto:  # the params and the name hold the resolved numbers
             base.update(name=run_name(cfg), params=params_of(cfg, hc))
+        clients = _clients(cfg)  # first: a check that fails on one host only must reach rank 0 through it
+        if clients is not None:
+            progress.label = "  (rank 0's workers only)"
         spec = workloads.checked(to_spec(cfg))  # a point its engine or target refuses prints no header
         print(f"iosweep: {console.describe(spec)}", flush=True)
-        result = workloads.run(spec, progress=progress)
+        result = workloads.run(spec, progress=progress, clients=clients)
     except Interrupted as stopped:  # record what was measured as KILLED, then stop (a sweep too)
         progress.done()
         reason = f"interrupted by {signal.Signals(stopped.signum).name}"
+        dead = clients.dead_peers() if clients is not None else []
+        if dead:  # mpirun ends every rank when one dies: that rank is the story, not the signal
+            reason = f"{', '.join(dead)} died (killed or crashed); mpirun then stopped this rank with " \
+                     f"{signal.Signals(stopped.signum).name}"
         files = []
         if stopped.partial is not None:
             print(console.result_table(stopped.partial), flush=True)
@@ -473,9 +484,10 @@ def run_point(cfg: DictConfig) -> float:
             measured, files = _measured(cfg, hc, stopped.partial, start_ms, plot=multirun)
             record = dict(base, **measured)
             record["tags"]["iosweep.error"] = reason
-            record.update(status="KILLED", error=reason)
+            record.update(status="FAILED" if dead else "KILLED", error=reason)
         else:
-            record = _unmeasured(base, "KILLED", reason, why=reason + " before the measured window")
+            record = _unmeasured(base, "FAILED" if dead else "KILLED", reason,
+                                 why=reason + " before the measured window")
         if multirun:  # the sweep's parent closes in this process: MLflow is loaded already
             _write_and_publish(run_dir, record, files)
         else:  # exit now: importing MLflow to publish takes seconds
@@ -483,7 +495,10 @@ def run_point(cfg: DictConfig) -> float:
         raise
     except (ConfigError, WorkloadError) as e:
         progress.done()
+        if clients is not None:
+            clients.fail(str(e))  # the other ranks stop their workers; they wait for done() below
         if not multirun and isinstance(e, ConfigError):
+            _clients_done(clients)
             console.fail(str(e))  # bad input, single run: one line, no MLflow run
         record, files = _unmeasured(base, "FAILED", str(e)), []
         if getattr(e, "partial", None) is not None:  # a worker got stuck: keep what the others measured
@@ -491,7 +506,14 @@ def run_point(cfg: DictConfig) -> float:
             record = dict(base, **measured)
             record["tags"]["iosweep.error"] = str(e)
             record.update(status="FAILED", error=str(e))
+        if clients is not None and clients.dead_peers() and not multirun:
+            # mpirun ends this rank within a second of another's death: record it from a detached process
+            _write_and_publish_later(run_dir, record, files)
+            console.fail(str(e))
         _write_and_publish(run_dir, record, files)
+        _clients_done(clients)
+        if workloads.clients.broken():  # a rank is lost: no further point can run (the sweep's parent closes at exit)
+            console.fail(str(e))
         if not multirun:
             console.fail(str(e))
         print(f"iosweep: point failed: {e}", flush=True)
@@ -504,12 +526,54 @@ def run_point(cfg: DictConfig) -> float:
     record = dict(base, **measured)
     record["tags"].update(auto)
     _write_and_publish(run_dir, record, files)
+    _clients_done(clients)
     # an invalid point (page cache, O_DIRECT ignored, null engine) is no answer: an optimiser counts it failed
     value = float(record["metrics"].get(objective, float("nan"))) if record.get("valid") else float("nan")
     if math.isnan(value) and _optimising(hc):
         raise TrialFailed(f"{objective} of this point is no answer: " + (record["warnings"][0] if record.get(
             "warnings") else "not measured"))
     return value
+
+
+def other_rank() -> bool:
+    """A rank > 0 of an MPI job: it runs its workers and reports to rank 0, which alone prints and records."""
+    return bool(workloads.clients.mpi_rank())
+
+
+def _clients(cfg: DictConfig):
+    """The MPI job of a clients > 1 point (checked against clients), its point counted; None for one client."""
+    clients = workloads.clients.world(_whole(cfg, "clients"), _number(cfg, "client_timeout_s"))
+    if clients is not None:
+        clients.begin_point()
+    return clients
+
+
+def _clients_done(clients) -> None:
+    if clients is not None and clients.rank == 0:
+        clients.done()
+
+
+def _run_as_other_rank(cfg: DictConfig) -> float:
+    """A rank > 0: run this rank's share of the point and send it to rank 0 (workloads/clients.py); print,
+    write and record nothing (rank 0 does). Whatever fails here reaches rank 0, which names this rank."""
+    clients = None
+    failed = None
+    try:
+        clients = _clients(cfg)
+        workloads.run(workloads.checked(to_spec(cfg)), clients=clients)
+    except (ConfigError, WorkloadError, Interrupted) as e:
+        failed = e
+    except Exception as e:  # a bug: rank 0 says which and where
+        failed = WorkloadError(f"{type(e).__name__}: {e}")
+    if clients is not None:
+        if failed is not None and not isinstance(failed, Interrupted):
+            clients.fail(str(failed))
+        clients.wait_done()  # exiting first would make mpirun end rank 0 before it recorded the point
+    if isinstance(failed, Interrupted):
+        raise failed
+    if failed is not None and HydraConfig.get().mode != RunMode.MULTIRUN:
+        sys.exit(2)
+    return float("nan")
 
 
 class TrialFailed(Exception):
@@ -626,6 +690,9 @@ def _measured(cfg: DictConfig, hc, result: Result, start_ms: int, plot: bool = T
 
             files.append(("latency.png", lambda p: plots.latency_png(result.lat_read, result.lat_write, p)))
             artifacts.append(["latency.png", "latency"])
+    if "clients" in result.info:  # clients > 1: each rank's own figures, as IOR's per-task table
+        files.append(("clients.csv", lambda p: p.write_text(_clients_csv(result.info["clients"]))))
+        artifacts.append(["clients.csv", "clients"])
     for name, text in result.attachments.items():  # e.g. fio's job file and JSON output
         files.append((name, lambda p, text=text: p.write_text(text)))
         artifacts.append([name, "engine"])
@@ -640,11 +707,23 @@ def _measured(cfg: DictConfig, hc, result: Result, start_ms: int, plot: bool = T
     }
     if os.environ.get(tracking.REPRODUCED_ENV):
         tags["iosweep.reproduced_from"] = os.environ[tracking.REPRODUCED_ENV]
+    if "clients" in result.info:  # every host of the point; host.* tags above are rank 0's
+        tags["iosweep.client_hosts"] = ",".join(result.info["client_hosts"])
+        tags.update({f"iosweep.client.{row['rank']}": f"{row['host']} pid {row['pid']}"
+                     for row in result.info["clients"][:MAX_CLIENT_TAGS]})
     return {
         "status": "KILLED" if result.info.get("stopped") else "FINISHED", "end_ms": int(time.time() * 1000),
         "metrics": result.metrics(), "tags": tags, "valid": result.valid, "warnings": result.warnings,
         "info": result.info, "series": "timeseries.json", "artifacts": artifacts,
     }, files
+
+
+MAX_CLIENT_TAGS = 64  # one tag per rank up to this many; clients.csv has them all
+
+
+def _clients_csv(rows: list[dict]) -> str:
+    keys = ("rank", "host", "pid", "mib_s", "iops", "p99_us", "bytes", "elapsed_s")
+    return "\n".join([",".join(keys)] + [",".join(str(row[k]) for k in keys) for row in rows]) + "\n"
 
 
 # time-series row field -> MLflow step metric; system/* are the names MLflow's System Metrics tab shows

@@ -24,13 +24,14 @@ class Progress:
         self.after_s = after_s
         self.tty = sys.stdout.isatty()
         self.shown = False
+        self.label = ""  # clients > 1: "rank 0 only" (the other ranks' bytes come at the end)
 
     def __call__(self, elapsed_s: float, bytes_done: int, mib_s: float, unit: str = "MiB") -> None:
         """unit="files": pattern=metadata reports files handled and files/s instead of bytes."""
         if elapsed_s < self.after_s:
             return
         done = bytes_done / MIB if unit == "MiB" else bytes_done
-        line = f"  {elapsed_s:6.1f} s  {done:10.0f} {unit}  {mib_s:9.1f} {unit}/s"
+        line = f"  {elapsed_s:6.1f} s  {done:10.0f} {unit}  {mib_s:9.1f} {unit}/s{self.label}"
         if self.tty:
             sys.stdout.write("\r" + line)
             sys.stdout.flush()
@@ -45,6 +46,12 @@ class Progress:
 
 
 def describe(spec: Spec) -> str:
+    if spec.clients > 1:  # an MPI job: every rank runs the point as described
+        return f"{_describe(spec)}  x {spec.clients} clients (MPI ranks, each with the writers and size above)"
+    return _describe(spec)
+
+
+def _describe(spec: Spec) -> str:
     what = f"{spec.pattern}" + (f" read_pct={spec.read_pct}" if spec.pattern == "mixed" else "")
     how = f"duration {spec.duration_s:g} s" if spec.duration_s else \
         "all of target.path" if spec.size_bytes is None else f"{spec.size_bytes >> 20} MiB"
@@ -105,6 +112,12 @@ def result_table(result: Result) -> str:
     else:
         lines.append(f"  {'throughput':>12} {m['throughput_mib_s']:10.1f} MiB/s   {'iops':>6} {m['iops']:10.0f}"
                      f"   {m['bytes_total'] / MIB:.0f} MiB in {m['elapsed_s']:.3f} s")
+    if "clients" in info:  # clients > 1: the ranks' own rates over their own windows, and their spread
+        lines.append(f"  {'clients':>12} {len(info['clients'])} ranks, spread {m['client_spread_pct']:.0f}% "
+                     f"(fastest to slowest)")
+        for row in info["clients"]:
+            lines.append(f"  {'rank ' + str(row['rank']):>12} {row['mib_s']:10.1f} MiB/s   p99 {row['p99_us']:.1f} us   "
+                         f"{row['bytes'] / MIB:.0f} MiB in {row['elapsed_s']:.3f} s   {row['host']} pid {row['pid']}")
     if "read_throughput_mib_s" in m:
         lines.append(f"  {'read':>12} {m['read_throughput_mib_s']:10.1f} MiB/s   "
                      f"{'write':>6} {m['write_throughput_mib_s']:10.1f} MiB/s{pooled}")

@@ -111,6 +111,8 @@ class IosweepConfig:
     block_kb: Any = 1024
     writers: Any = 1  # a whole number, or auto (runner.app.resolve_auto)
     iodepth: Any = 1
+    clients: Any = 1  # MPI ranks of one point (workloads/clients.py)
+    client_timeout_s: Any = 300
     size_mb: Any = 256
     files_per_writer: Any = 1
     file_kb: Any = None

@@ -474,6 +474,18 @@ class SweepCallback(Callback):
         self.finished = False
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        from workloads.clients import mpi_rank, mpi_size
+
+        if (mpi_size() or 1) > 1 and not str(config.hydra.sweeper._target_).endswith(".BasicSweeper"):
+            if mpi_rank():  # rank 0 says it
+                sys.exit(2)
+            from .console import fail
+
+            fail(f"hydra/sweeper={config.hydra.runtime.choices.get('hydra/sweeper')} under mpirun: every rank would "
+                 "search on its own and run other points; sweep a grid (-m key=a,b) with clients=N, or search with "
+                 "clients=1")
+        if mpi_rank():  # a rank > 0 of clients=N points: rank 0 makes the parent run and the summary
+            return
         task = OmegaConf.to_container(config.hydra.overrides.task)  # as typed: `trial=${oc.env:DB_TOKEN}`, not the token
         overrides = " ".join(task) or "(defaults)"
         secrets.remember_config(config)  # and values interpolated into harmless keys (trial=${password})

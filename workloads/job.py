@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from . import engines, hints, targets
 from .data import calibrate, measure_ratios
-from .errors import Interrupted, WorkloadError
+from .errors import ConfigError, Interrupted, WorkloadError
 from .judge import judge
 from .metrics import Result, combine
 from .processes import run_workers
@@ -29,12 +29,16 @@ def checked(spec: Spec) -> Spec:
     if resolve is not None:  # the target fixes what the spec leaves to it (target=file: the files' size)
         spec = resolve(spec).check()
     engines.get(spec.engine).check(spec)
+    if spec.clients > 1 and engines.get(spec.engine).external:
+        raise ConfigError("clients", spec.clients, f"engine={spec.engine} runs its own processes: clients>1 "
+                                                   "runs iosweep's workers on every rank, choose another engine")
     return spec
 
 
-def run(spec: Spec, progress=None) -> Result:
+def run(spec: Spec, progress=None, clients=None) -> Result:
     """Run one measured point (`repeats` times). `progress(elapsed_s, bytes_done, mib_s)` is called
-    about once a second. Raises ConfigError for bad input (before any I/O), WorkloadError for I/O."""
+    about once a second. Raises ConfigError for bad input (before any I/O), WorkloadError for I/O.
+    `clients` (clients.world()): this is one rank of an MPI job; rank 0's result holds every rank's."""
     spec = checked(spec)
     engine = engines.get(spec.engine)
     results: list[Result] = []
@@ -42,7 +46,7 @@ def run(spec: Spec, progress=None) -> Result:
     gen_mib_s = calibrate(spec) if streams(spec, engine) else None
     try:
         for _ in range(spec.repeats):
-            results.append(_run_once(spec, engine, progress))
+            results.append(_run_once(spec, engine, progress, clients))
     except Interrupted as stopped:  # keep what the finished repeats and the stopped one measured
         done = results + ([stopped.partial] if stopped.partial else [])
         stopped.partial = _verdict(spec, done[0] if len(done) == 1 else combine(done)) if done else None
@@ -72,7 +76,7 @@ def _verdict(spec: Spec, result: Result) -> Result:
     return result
 
 
-def _run_once(spec: Spec, engine, progress) -> Result:
+def _run_once(spec: Spec, engine, progress, clients=None) -> Result:
     target = targets.get(spec.target)(spec, engine.does_io)
     placement = target.prepare()
     if engine.io_mode and placement.io_mode == "buffered":
@@ -84,7 +88,7 @@ def _run_once(spec: Spec, engine, progress) -> Result:
         if engine.external:
             result = engine.run_job(spec, target, placement, progress)
         else:
-            result = run_workers(spec, placement, progress)
+            result = run_workers(spec, placement, progress, clients)
     except (Interrupted, WorkloadError) as stopped:
         result, failure = getattr(stopped, "partial", None), stopped
         raise

@@ -64,7 +64,7 @@ def judge(spec: Spec, result: Result) -> tuple[bool, list[str]]:
                            f"(page cache): {_write_advice(spec, result.io_mode)}")
     if not result.info.get("ramp_done", True):
         invalid.append(f"the run ended inside ramp_s={spec.ramp_s}: nothing after the warm-up was measured")
-    busy = result.elapsed_s * spec.writers
+    busy = result.elapsed_s * spec.writers * spec.clients  # clients: every rank's workers waited into datagen_wait_s
     if busy > 0 and result.datagen_wait_s > max(DATAGEN_WAIT_MAX * busy, MIN_WAIT_S):
         invalid.append(f"data generation was slower than the I/O: workers waited {result.datagen_wait_s:.2f} s "
                        f"for dgen-py ({100 * result.datagen_wait_s / busy:.0f}% of their time)")
@@ -140,7 +140,7 @@ def bottleneck(spec: Spec, result: Result) -> tuple[str, str]:
         parts.append("one buffer rewritten (no generation in the window)")
     if result.datagen_mib_s is not None:
         parts.append(f"generator alone {result.datagen_mib_s:.0f} MiB/s per worker with data.producers="
-                     f"{spec.data.producers} vs {m['throughput_mib_s'] / spec.writers:.0f} MiB/s written per worker")
+                     f"{spec.data.producers} vs {m['throughput_mib_s'] / (spec.writers * spec.clients):.0f} MiB/s written per worker")
     parts.append(f"CPUs {busy:.0f}% busy ({cpus} usable; the workers used {m.get('cpu_util_pct', 0.0):.0f}% "
                  "of one)")
     return verdict, f"bottleneck: {verdict} ({'; '.join(parts)})"

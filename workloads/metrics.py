@@ -273,6 +273,9 @@ class Result:
                      tensors=float(self.info["model_tensors"]),
                      tensor_max_mib=self.info["model_tensor_max_bytes"] / MIB,
                      tensor_min_kib=self.info["model_tensor_min_bytes"] / 1024)
+        if "clients" in self.info:  # clients > 1: every rank's figures are in the ones above; how far apart they were
+            m["clients"] = float(len(self.info["clients"]))
+            m["client_spread_pct"] = self.info["client_spread_pct"]
         if "ops_requested" in self.counters and el > 0:  # merge_kb: the pattern's requests served per second
             m["requested_iops"] = self.counters["ops_requested"] / el
         if "replay_late_total_us" in self.counters and total_ops:  # pattern.timing=original

@@ -31,6 +31,7 @@ from .spec import APPEND, FORMAT_READ, Spec
 from .worker import Aborted, worker_loop
 
 POLL_S = 0.05
+STRAGGLER_PCT = 25.0  # clients: the slowest this far below the fastest is named in a warning
 
 # Every wait on a worker is bounded, so a worker that is stopped (SIGSTOP, a debugger) or stuck in
 # uninterruptible I/O can never hang the run:
@@ -135,7 +136,9 @@ class _Shared:
         return self.go.closed
 
 
-def run_workers(spec: Spec, placement, progress) -> Result:
+def run_workers(spec: Spec, placement, progress, clients=None) -> Result:
+    """Run the workers of one measured run. With `clients` (an MPI job, clients.py) every rank runs its own
+    and they start together; rank 0 returns the merge of every rank's, the others their own."""
     paths = [str(p) for p in placement.worker_paths(spec.writers)]  # none for pattern=metadata
     warnings = prepare_files(spec, placement) if paths else []
     ctx = mp.get_context("spawn")
@@ -159,7 +162,9 @@ def run_workers(spec: Spec, placement, progress) -> Result:
     got: dict[int, dict] = {}
     sampler = Sampler(spec, shared.ops_done, shared.starts, progress, placement.device,
                       shared.bytes_done if spec.variable_lengths else None)
-    watch = _Watch(spec, procs, shared)
+    watch = _Watch(spec, procs, shared, clients)
+    if clients is not None:
+        clients.begin_round()
     dev0 = dev1 = cpu0 = cpu1 = None
     try:
         for p, (_, writer) in zip(procs, shared.results):
@@ -168,6 +173,8 @@ def run_workers(spec: Spec, placement, progress) -> Result:
         shared.go_wait.close()
         _collect(got, procs, conns, shared, until=lambda: all(shared.prepared) or len(got) == n, watch=watch)
         if not any(o.get("error") for o in got.values()):
+            if clients is not None:  # every rank's workers are ready too: release them at the common instant
+                _sleep_until(clients.start_together())
             dev0 = device_counters(placement.device)
             cpu0 = system_cpu_times()
             watch.started()
@@ -201,6 +208,71 @@ def run_workers(spec: Spec, placement, progress) -> Result:
     result.set_device_traffic(_window_start(spec, dev0, sampler), dev1)
     if cpu0 and cpu1 and cpu1[1] > cpu0[1]:  # busy share of the usable CPUs, the kernel's work for us included
         result.info["system_cpu_pct"] = 100.0 * (cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1])
+    if clients is not None:
+        ranks = clients.gather(list(got.values()), _client_info(clients, result, placement))
+        if ranks is not None:  # rank 0: every rank's workers in one result
+            result = _merge_clients(spec, ranks, placement, result)
+    return result
+
+
+def _sleep_until(wall_ns: int) -> None:
+    """Until the wall clock reads wall_ns (the ranks' common start)."""
+    while (left := wall_ns - time.time_ns()) > 0:
+        time.sleep(min(left / 1e9, 0.5))
+
+
+def _client_info(clients, result: Result, placement) -> dict:
+    """What rank 0 needs of this rank besides its workers' results: who, its clock, its own figures."""
+    m = result.metrics()
+    return {"rank": clients.rank, "host": clients.host, "pid": clients.pid, "boot": _boot_id(),
+            "offset_ns": time.time_ns() - time.perf_counter_ns(),  # perf_counter -> wall clock on this host
+            "device": placement.device, "device_bytes": (result.device_read_bytes, result.device_write_bytes),
+            "mib_s": m["throughput_mib_s"], "iops": m["iops"], "p99_us": m["lat_p99_us"],
+            "bytes": result.bytes_read + result.bytes_written, "elapsed_s": result.elapsed_s,
+            "warnings": result.warnings}
+
+
+def _boot_id() -> str:
+    from .clients import _boot_id as boot
+
+    return boot()
+
+
+def _merge_clients(spec: Spec, ranks: list, placement, mine: Result) -> Result:
+    """Rank 0: one result of every rank's workers. Worker times move to the wall clock, so the window
+    runs from the first start to the last end across hosts; the histograms add. The device traffic is
+    each host's (ranks on one host see the same device: counted once per host and device)."""
+    outs = []
+    for _rank, rank_outs, info in ranks:
+        for o in rank_outs:
+            outs.append(dict(o, t_measure=o["t_measure"] + info["offset_ns"], t_end=o["t_end"] + info["offset_ns"]))
+    result = _merge(spec, outs, placement, [])  # rank 0's time series covers its own workers only: left out
+    result.warnings = list(mine.warnings)
+    result.info.update({k: v for k, v in mine.info.items() if k not in result.info})
+    seen, dev_r, dev_w = set(), 0, 0
+    for _rank, _outs, info in ranks:
+        key = (info["boot"], info["device"])
+        if key in seen:
+            continue
+        seen.add(key)
+        if info["device_bytes"][0] is None:
+            dev_r = dev_w = None
+            break
+        dev_r, dev_w = dev_r + info["device_bytes"][0], dev_w + info["device_bytes"][1]
+    result.device_read_bytes, result.device_write_bytes = dev_r, dev_w
+    result.device_requests = {}  # request counts and times per device are not added across hosts
+    table = [{k: info[k] for k in ("rank", "host", "pid", "mib_s", "iops", "p99_us", "bytes", "elapsed_s")}
+             for _rank, _outs, info in ranks]
+    rates = [row["mib_s"] for row in table]
+    spread = 100.0 * (max(rates) - min(rates)) / max(rates) if max(rates) > 0 else 0.0
+    result.info.update(clients=table, client_spread_pct=spread, client_hosts=sorted({r["host"] for r in table}))
+    if spread > STRAGGLER_PCT:
+        slow, fast = min(table, key=lambda r: r["mib_s"]), max(table, key=lambda r: r["mib_s"])
+        result.warnings.append(
+            f"straggler: rank {slow['rank']} on {slow['host']} ran at {slow['mib_s']:.0f} MiB/s, {spread:.0f}% below "
+            f"rank {fast['rank']} on {fast['host']} ({fast['mib_s']:.0f} MiB/s): the aggregate waits for the slowest")
+    for _rank, _outs, info in ranks[1:]:
+        result.warnings += [f"rank {info['rank']}: {w}" for w in info["warnings"] if w not in result.warnings]
     return result
 
 
@@ -224,8 +296,8 @@ class Stuck(WorkloadError):
 class _Watch:
     """Bounds every wait on the workers (see START_STALL_S, RUN_GRACE_S, STALL_S): names a stuck one."""
 
-    def __init__(self, spec: Spec, procs, shared):
-        self.spec, self.procs, self.shared = spec, procs, shared
+    def __init__(self, spec: Spec, procs, shared, clients=None):
+        self.spec, self.procs, self.shared, self.clients = spec, procs, shared, clients
         self.deadline = None
         self.last_ready, self.ready_since = (0, 0), time.monotonic()
         self.ops = [0] * len(procs)
@@ -249,6 +321,8 @@ class _Watch:
                 w = next(w for w in pending if not self.shared.prepared[w])
                 self._stuck(w, f"did not get ready within {START_STALL_S:.0f} s")
             return
+        if self.clients is not None:  # the other ranks: a heartbeat to rank 0, or rank 0 hears of a failed one
+            self.clients.poll(sum(self.shared.ops_done))
         for w in pending:
             if self.shared.ops_done[w] != self.ops[w]:
                 self.ops[w], self.moved[w] = self.shared.ops_done[w], now

@@ -27,6 +27,7 @@ PAGE = 4096
 MAX_PIPELINE = 1024  # data.producers, data.pool_buffers: beyond this, threads or buffers per worker are a typo
 MAX_POOL_BYTES = 16 << 30  # data.buffer_mb x data.pool_buffers per worker
 MAX_WRITERS = 256  # beyond this a 2..64-core box only measures its scheduler
+MAX_CLIENTS = 4096  # MPI ranks of one point
 MAX_SECONDS = 7 * 24 * 3600  # a week: longer is a typo, and ns clocks and fio's runtime still hold it
 MAX_IODEPTH = 32768  # IORING_MAX_ENTRIES: the largest ring the kernel makes
 MAX_SEED = 2**63 - 2  # fio takes randseed=seed+1 as a signed 64-bit number
@@ -112,6 +113,7 @@ class Spec:
     pattern: str = "seq_write"
     block_size: int = 1 << 20
     writers: int = 1
+    clients: int = 1  # MPI ranks running this point together (clients.py); writers and size_bytes are per client
     iodepth: int = 1  # ops in flight per worker (fio iodepth); > 1 needs an engine with a queue (uring)
     size_bytes: int | None = 256 << 20  # total working set; each writer owns size_bytes // writers
     #                                      target=file: a cap, None = the files' size (targets.file.resolve)
@@ -293,6 +295,11 @@ class Spec:
         if self.block_size <= 0 or self.block_size % 1024:
             raise ConfigError("block_kb", self.block_size / 1024, "must be a whole number of KiB > 0")
         positive("writers", self.writers)
+        if isinstance(self.clients, bool) or not isinstance(self.clients, int) or not 1 <= self.clients <= MAX_CLIENTS:
+            raise ConfigError("clients", self.clients, f"must be a whole number from 1 to {MAX_CLIENTS} (MPI ranks)")
+        if self.clients > 1 and self.metadata:
+            raise ConfigError("clients", self.clients, "pattern=metadata keeps its phases in step on one host only: "
+                                                       "use clients=1 (writers run its workers)")
         if self.writers > MAX_WRITERS:
             raise ConfigError("writers", self.writers, f"must be <= {MAX_WRITERS}")
         if isinstance(self.iodepth, bool) or not isinstance(self.iodepth, int) \
