@@ -26,7 +26,7 @@ import workloads
 from workloads import ConfigError, DataSpec, Interrupted, Result, Spec, WorkloadError
 from workloads.spec import S3Spec
 
-from . import console, host, secrets, tracking
+from . import console, host, launchers, secrets, tracking
 from .schema import GROUPS
 _UID = f"{os.getpid()}"
 
@@ -616,6 +616,7 @@ def _write_and_publish(run_dir: Path, record: dict, files: list = ()) -> str | N
     MLflow. A full disk after result.json costs only the files it refused: the run is published
     FINISHED with the tag iosweep.artifacts_missing. One line says what was lost; a store that is
     down is one line and exit 3, with the way to import the run later."""
+    launchers.mark_point(record)  # points run at the same time by consent: tagged, and a warning
     kept = True
     try:
         _write_new(run_dir / "result.json", lambda p: p.write_text(json.dumps(record, indent=1)))

@@ -41,6 +41,18 @@ def host_tags() -> dict[str, str]:
     except metadata.PackageNotFoundError:
         tags["iosweep.version"] = "unknown"
     tags.update(_git())
+    tags.update(slurm_tags())
+    return tags
+
+
+def slurm_tags() -> dict[str, str]:
+    """The Slurm job a run was made in (hydra/launcher=submitit_slurm runs each point as one): its id for
+    sacct/scontrol, and, for a job array's task, the id as squeue shows it (ARRAYJOB_TASK)."""
+    tags = {}
+    if os.environ.get("SLURM_JOB_ID"):
+        tags["iosweep.slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    if os.environ.get("SLURM_ARRAY_JOB_ID"):
+        tags["iosweep.slurm_array_task"] = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ.get('SLURM_ARRAY_TASK_ID')}"
     return tags
 
 

@@ -1,5 +1,5 @@
 """Check the command line before Hydra runs anything: one line for a misspelt key, an unknown
-group choice, a `+key` the schema lacks, a launcher that runs points at once, a chdir, a run dir
+group choice, a `+key` the schema lacks, a launcher that runs points at once (runner.launchers), a chdir, a run dir
 or store that cannot exist, instead of Hydra's multi-line report or a traceback later.
 
 Values are checked on the first point with the same to_spec()/Spec.check() each job runs: a bad
@@ -15,14 +15,12 @@ import re
 
 from omegaconf import OmegaConf
 
-from . import secrets
+from . import launchers, secrets
 from .schema import CONF, GROUPS
 
 NOT_RUNS = {"--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc",
             "--resolve", "--package", "-p"}
 RUN_MODES = {"--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--run", "-r"}  # one each, says Hydra
-BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
-FROM_CONFIG = "remove it from the config that sets it (an experiment preset's defaults list)"
 
 
 class UserError(Exception):
@@ -57,7 +55,6 @@ def check(args: list[str]) -> None:
     except HydraException as e:
         raise UserError(secrets.mask_text(str(e).strip().splitlines()[0])) from None
     check_additions(overrides)
-    check_launcher_override(overrides)
     first_values = []
     for o in overrides:
         key = o.key_or_group
@@ -117,30 +114,18 @@ def check_additions(overrides) -> None:
                         + (f"did you mean {near[0]}?" if near else "remove it (conf/config.yaml lists the knobs)"))
 
 
-def launcher_refusal(setting: str, fix: str = "remove this override") -> str:
-    return (f"{setting}: runs sweep points at the same time, which spoils each other's numbers on one "
-            f"machine; iosweep runs points one after another (the basic launcher) — {fix}")
-
-
-def check_launcher_override(overrides) -> None:
-    """Before composing: the plugin may not even be installed (Hydra: "Could not find ...")."""
-    for o in overrides:
-        if o.key_or_group in ("hydra/launcher", "hydra.launcher") and not o.is_delete():
-            values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-            for name in values:
-                if name != "basic":
-                    raise UserError(launcher_refusal(f"hydra/launcher={name}"))
+def launcher_missing(name: str) -> str:
+    return (f"hydra/launcher={name}: no such launcher installed; Hydra's launchers are pip packages "
+            f"(hydra-joblib-launcher, hydra-submitit-launcher), or drop the override for the basic launcher")
 
 
 def check_hydra_settings(cfg, multirun: bool) -> None:
     """What Hydra itself would do with the composed config, whether set on the command line or
     in a preset: a concurrent launcher, a chdir into each job, a run dir or store that cannot exist."""
-    launcher = OmegaConf.select(cfg, "hydra.launcher._target_")
-    if launcher != BASIC_LAUNCHER:
-        choice = OmegaConf.select(cfg, "hydra.runtime.choices", default={}).get("hydra/launcher")
-        setting = (f"hydra/launcher={choice}" if choice not in (None, "basic")
-                   else f"hydra.launcher._target_={launcher}")
-        raise UserError(launcher_refusal(setting, FROM_CONFIG))
+    if multirun:  # the same check SweepCallback makes: here it comes before Hydra creates the sweep dir
+        refused = launchers.refusal(cfg)
+        if refused:
+            raise UserError(refused)
     if OmegaConf.select(cfg, "hydra.job.chdir"):
         raise UserError("hydra.job.chdir=true: iosweep finds its run dirs and MLflow store (outputs/) from the "
                         "directory you run in, so each job would start a store of its own; remove that setting "
@@ -275,7 +260,7 @@ def describe(e: Exception) -> str:
     text = f"{e} {e.__cause__ or ''}"
     launcher = re.search(r"Could not find 'hydra/launcher/([^']+)'", text)
     if launcher:  # set by a preset; the plugin is not even installed
-        return launcher_refusal(f"hydra/launcher={launcher[1]}", FROM_CONFIG)
+        return launcher_missing(launcher[1])
     m = re.search(r"Could not override '([^']+)'|Key '([^']+)' is not in struct|Could not append to config. "
                   r"An item is already at '([^']+)'|Multiple values for (\w+)\.", text)
     if m:

@@ -132,6 +132,7 @@ class IosweepConfig:
     keep_files: Any = False
     log_interval_s: Any = 1.0
     objective: str = "throughput_mib_s"  # a metric name: what the task function returns
+    allow_concurrent_points: Any = False  # a launcher running points at once on one host (runner/launchers.py)
 
 
 def expose_hydra_plugins() -> None:

@@ -28,7 +28,7 @@ import psutil
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from . import secrets
+from . import launchers, secrets
 
 EXPERIMENT = "iosweep"
 PARENT_ENV = "IOSWEEP_PARENT_RUN_ID"
@@ -497,10 +497,11 @@ class SweepCallback(Callback):
             from .console import fail
 
             fail(f"objective={objective!r}: not a metric; choose one of {', '.join(OBJECTIVES)}")
+        concurrent = launchers.check_sweep(config)  # refused: one line, exit 2, before the parent run exists
         direction = optuna_defaults(config, objective)
         tags = {"mlflow.runName": f"sweep {overrides}", "iosweep.sweep": "true",
                 "iosweep.overrides": secrets.mask_text(" ".join(task)),
-                "iosweep.sweep_dir": str(Path(config.hydra.sweep.dir).absolute()), **process_tags()}
+                "iosweep.sweep_dir": str(Path(config.hydra.sweep.dir).absolute()), **process_tags(), **concurrent}
         if os.environ.get(REPRODUCED_ENV):
             tags["iosweep.reproduced_from"] = os.environ[REPRODUCED_ENV]
         from .host import host_tags

@@ -84,8 +84,8 @@ def test_preflight_names_the_key_in_one_line():
     preflight.check(["-m", "block_kb=4,64", "engine='null'", "experiment=fio_parity"])
 
 
-JOBLIB = ("hydra/launcher=joblib: runs sweep points at the same time, which spoils each other's numbers on one "
-          "machine; iosweep runs points one after another (the basic launcher) — remove this override")
+JOBLIB = ("hydra/launcher=joblib runs points at the same time on one host (n_jobs=-1): they measure each other; "
+          "set hydra.launcher.n_jobs=1, or allow_concurrent_points=true to accept it")
 PREFLIGHT_BAD = [  # issue 9: (command line, what the one line says); all refused before Hydra runs
     (["duration_s=inf"], "duration_s=inf: must be a finite number > 0"),
     (["duration_s=nan"], "duration_s=nan: must be a finite number > 0"),
@@ -107,8 +107,11 @@ PREFLIGHT_BAD = [  # issue 9: (command line, what the one line says); all refuse
     (["--multirun", "--info"], "-m with --info"),
     (["hydra.job.chdir=true"], "hydra.job.chdir=true: iosweep finds its run dirs and MLflow store"),
     (["-m", "hydra/launcher=joblib", "block_kb=4,8"], JOBLIB),
-    (["-m", "hydra/launcher=submitit_local"], "hydra/launcher=submitit_local: runs sweep points at the same time"),
-    (["-m", "hydra.launcher._target_=x.JoblibLauncher"], "hydra.launcher._target_=x.JoblibLauncher: runs sweep"),
+    (["-m", "hydra/launcher=submitit_local"], "hydra/launcher=submitit_local runs points at the same time on one host"),
+    (["-m", "hydra/launcher=submitit_slurm"], "hydra/launcher=submitit_slurm runs points at the same time on one host "
+                                              "(array_parallelism=256 jobs may share a node)"),
+    (["-m", "hydra.launcher._target_=x.JoblibLauncher"], "hydra.launcher._target_=x.JoblibLauncher runs points"),
+    (["-m", "hydra/launcher=nope"], "hydra/launcher=nope: no such launcher installed"),
     # hydra/sweeper=studies (experiment=io_microbench): a study that does not exist, no study at all, and a grid
     # given to a study unquoted (Hydra: "Sweeping over Hydra's configuration is not supported", a traceback hint)
     (["-m", "experiment=io_microbench", "hydra.sweeper.only=[blocks,nope]"],
@@ -159,25 +162,24 @@ def test_outputs_being_a_file_is_one_line_naming_it(tmp_path, monkeypatch):
 
 def test_a_launcher_set_by_a_config_is_refused_too():
     """A preset's `override /hydra/launcher: joblib` is no command-line override: the composed
-    config is inspected. Without the plugin Hydra cannot even compose it; that is one line too."""
+    config is inspected (runner.launchers)."""
     conf = str(preflight.CONF)
-    try:
-        with initialize_config_dir(config_dir=conf, version_base="1.3"):
-            cfg = compose("config", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
-    except Exception as e:  # plugin not installed: "Could not find 'hydra/launcher/joblib'"
-        message = preflight.describe(e)
-    else:
-        with pytest.raises(preflight.UserError) as refused:
-            preflight.check_hydra_settings(cfg, multirun=True)
-        message = str(refused.value)
-    assert message == preflight.launcher_refusal("hydra/launcher=joblib", preflight.FROM_CONFIG)
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=joblib"], return_hydra_config=True)
+    with pytest.raises(preflight.UserError) as refused:
+        preflight.check_hydra_settings(cfg, multirun=True)
+    assert str(refused.value) == JOBLIB
+    preflight.check_hydra_settings(cfg, multirun=False)  # a single run uses no launcher
     with initialize_config_dir(config_dir=conf, version_base="1.3"):
         cfg = compose("config", return_hydra_config=True)
     preflight.check_hydra_settings(cfg, multirun=True)  # the basic launcher passes
     with open_dict(cfg):
         cfg.hydra.launcher._target_ = "hydra_plugins.hydra_joblib_launcher.joblib_launcher.JoblibLauncher"
-    with pytest.raises(preflight.UserError, match="JoblibLauncher: runs sweep points at the same time"):
+    with pytest.raises(preflight.UserError, match="JoblibLauncher runs points at the same time on one host"):
         preflight.check_hydra_settings(cfg, multirun=True)
+    with open_dict(cfg):
+        cfg.allow_concurrent_points = True
+    preflight.check_hydra_settings(cfg, multirun=True)
 
 
 @pytest.mark.slow
