@@ -43,9 +43,17 @@ def test_joblib_is_refused_unless_it_runs_one_point_at_a_time(tmp_path):
     assert parent.info.status == "FINISHED"
     assert all(launchers.TAG not in r.data.tags for r in [parent, *children])
 
-    # joblib with n_jobs != 1 is not run here by consent: its loky workers cannot start iosweep's spawned workers
-    # (multiprocessing's spawn hands the start method 'loky' to the child, which has no such context); the
-    # consent path is tested with submitit_local and submitit_slurm (test_slurm.py)
+    # by consent: both points run in joblib's loky workers, whose start method iosweep's spawned workers must not
+    # inherit (processes.run_workers), and both say they ran at the same time
+    both = tmp_path / "both"
+    both.mkdir()
+    p = run_cli(both, "-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "allow_concurrent_points=true",
+                "target=tmpfs", "size_mb=8", "block_kb=64,128", timeout=240)
+    assert p.returncode == 0, p.stdout + p.stderr
+    parent, children = tagged(both)
+    assert all(c.info.status == "FINISHED" and c.data.metrics["bytes_total"] == 8 << 20 for c in children)
+    assert all(c.data.tags[launchers.TAG] == "true" and "ran points at the same time" in c.data.tags["iosweep.warnings"]
+               for c in children)
 
 
 @pytest.mark.slow

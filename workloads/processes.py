@@ -141,6 +141,10 @@ def run_workers(spec: Spec, placement, progress, clients=None) -> Result:
     and they start together; rank 0 returns the merge of every rank's, the others their own."""
     paths = [str(p) for p in placement.worker_paths(spec.writers)]  # none for pattern=metadata
     warnings = prepare_files(spec, placement) if paths else []
+    if mp.get_start_method(allow_none=True) not in (None, *mp.get_all_start_methods()):
+        # a launcher's worker (joblib's loky) set a start method of its own: spawned children are told to use it
+        # and fail ("cannot find context for 'loky'"); ours are plain multiprocessing processes
+        mp.set_start_method("spawn", force=True)
     ctx = mp.get_context("spawn")
     n = spec.writers
     shared = _Shared(ctx, n)
