@@ -477,6 +477,8 @@ def run_point(cfg: DictConfig) -> float:
         if dead:  # mpirun ends every rank when one dies: that rank is the story, not the signal
             reason = f"{', '.join(dead)} died (killed or crashed); mpirun then stopped this rank with " \
                      f"{signal.Signals(stopped.signum).name}"
+        elif clients is not None:  # a rank on another host may have died: only mpirun's message can say which
+            reason += " under mpirun (if no one stopped the job, another rank ended: mpirun's message names it)"
         files = []
         if stopped.partial is not None:
             print(console.result_table(stopped.partial), flush=True)
