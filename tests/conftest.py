@@ -184,16 +184,7 @@ class S3Server:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(proc.pid, sig)  # pgid == pid (start_new_session)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        stop_group(proc, timeout)
         proc.wait()
         # weed leaves some of its gRPC unix sockets behind, named by port and always under /tmp
         for port in (p for flag, p in self.ports.items() if flag.endswith(".grpc")):
@@ -225,6 +216,21 @@ class S3Server:
         """Credentials for a subprocess (the endpoint is not in here: pass endpoint_url explicitly)."""
         return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
                 "AWS_DEFAULT_REGION": self.region}
+
+
+def stop_group(proc: subprocess.Popen, timeout: float) -> None:
+    """SIGTERM to proc's process group (it was started with start_new_session), SIGKILL if it is still there
+    after timeout."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)  # pgid == pid (start_new_session)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(timeout)
+            break
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _die_with_parent() -> None:

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from conftest import stop_group
+
 DAEMONS = ("slurmctld", "slurmd")
 
 
@@ -174,16 +176,7 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
         stepds = self._stepds()
         procs, self.procs = self.procs, {}
         for proc in procs.values():
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                try:
-                    os.killpg(proc.pid, sig)  # pgid == pid (start_new_session)
-                except ProcessLookupError:
-                    break
-                try:
-                    proc.wait(timeout)
-                    break
-                except subprocess.TimeoutExpired:
-                    continue
+            stop_group(proc, timeout)
         stepds += self._stepds()
         for stepd in stepds:  # whatever scancel missed: the step daemons and the job processes under them
             try:

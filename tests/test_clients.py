@@ -171,18 +171,40 @@ def test_a_rank_that_fails_fails_the_point_on_rank0_naming_it(tmp_path):
     assert (tmp_path / "d1").read_text() == "not a directory" and os.listdir(tmp_path / "d0") == []
 
 
-@pytest.mark.slow
-def test_a_killed_rank_fails_the_point_on_rank0_naming_it(tmp_path):
-    proc = mpirun_bg(tmp_path, 2, "clients=2", "target=tmpfs", "size_mb=32", "block_kb=64", "duration_s=60")
+def signal_rank1(tmp_path, args, sig, wait_until) -> tuple[int, psutil.Process, str, float]:
+    """Run mpirun -np 2 with args, send rank 1 sig once wait_until(rank 1) returns; (exit code, rank 1, stderr,
+    seconds until mpirun ended)."""
+    t0 = time.monotonic()
+    proc = mpirun_bg(tmp_path, 2, "clients=2", *args)
     try:
         rank1 = rank_process(proc, 1)
-        time.sleep(6)  # into the window
-        rank1.kill()
-        out, err = proc.communicate(timeout=60)
+        wait_until(rank1)
+        rank1.send_signal(sig)
+        _, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode != 0
+    return proc.returncode, rank1, err, time.monotonic() - t0
+
+
+def into_the_window(rank1) -> None:
+    time.sleep(6)
+
+
+def its_first_worker_spawning(rank1) -> None:
+    """Past MPI_Init, long before "ready" (a rank stopped inside MPI_Init holds every rank's MPI_Init, which has
+    no timeout: that is mpirun's to end)."""
+    deadline = time.monotonic() + 60
+    while not rank1.children():
+        assert time.monotonic() < deadline, "rank 1 started no worker within 60 s"
+        time.sleep(0.01)
+
+
+@pytest.mark.slow
+def test_a_killed_rank_fails_the_point_on_rank0_naming_it(tmp_path):
+    code, rank1, err, _ = signal_rank1(tmp_path, ["target=tmpfs", "size_mb=32", "block_kb=64", "duration_s=60"],
+                                       signal.SIGKILL, into_the_window)
+    assert code != 0
     assert f"iosweep: error: rank 1 (pid {rank1.pid} on " in err and "died (killed or crashed)" in err, err
     # published by a detached `runner.sync` (mpirun ends rank 0 within a second): reading the store before it made
     # the tables would race it making them
@@ -197,18 +219,9 @@ def test_a_killed_rank_fails_the_point_on_rank0_naming_it(tmp_path):
 @pytest.mark.slow
 def test_a_stopped_rank_hangs_no_one(tmp_path):
     """SIGSTOP: rank 1 neither dies nor answers. Rank 0 gives up after client_timeout_s and the job ends."""
-    t0 = time.monotonic()
-    proc = mpirun_bg(tmp_path, 2, "clients=2", "target=tmpfs", "size_mb=32", "block_kb=64", "duration_s=60",
-                     "client_timeout_s=5")
-    try:
-        rank1 = rank_process(proc, 1)
-        time.sleep(6)
-        rank1.send_signal(signal.SIGSTOP)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 2 and time.monotonic() - t0 < 60, err
+    code, rank1, err, took = signal_rank1(tmp_path, ["target=tmpfs", "size_mb=32", "block_kb=64", "duration_s=60",
+                                                     "client_timeout_s=5"], signal.SIGSTOP, into_the_window)
+    assert code == 2 and took < 60, err
     assert f"iosweep: error: rank 1 (pid {rank1.pid} on " in err and "sent nothing for 5 s" in err, err
     run = only_run(tmp_path)
     assert run.info.status == "FAILED" and "stopped or stuck" in run.data.tags["iosweep.error"]
@@ -217,22 +230,9 @@ def test_a_stopped_rank_hangs_no_one(tmp_path):
 
 @pytest.mark.slow
 def test_a_rank_stopped_before_the_start_hangs_no_one(tmp_path):
-    """Stopped while its workers start (after MPI_Init: a rank stopped inside MPI_Init holds every rank's
-    MPI_Init, which has no timeout; that is mpirun's to end)."""
-    t0 = time.monotonic()
-    proc = mpirun_bg(tmp_path, 2, "clients=2", "target=tmpfs", "size_mb=16", "client_timeout_s=5")
-    try:
-        rank1 = rank_process(proc, 1, timeout=30)
-        deadline = time.monotonic() + 60
-        while not rank1.children():  # its first worker is spawning: past MPI_Init, long before "ready"
-            assert time.monotonic() < deadline, "rank 1 started no worker within 60 s"
-            time.sleep(0.01)
-        rank1.send_signal(signal.SIGSTOP)
-        out, err = proc.communicate(timeout=90)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 2 and time.monotonic() - t0 < 60, err
+    code, rank1, err, took = signal_rank1(tmp_path, ["target=tmpfs", "size_mb=16", "client_timeout_s=5"],
+                                         signal.SIGSTOP, its_first_worker_spawning)
+    assert code == 2 and took < 60, err
     assert f"iosweep: error: rank 1 (pid {rank1.pid} on " in err, err
     assert "did not get its workers ready within 5 s (client_timeout_s)" in err, err
     assert only_run(tmp_path).info.status == "FAILED"
