@@ -40,8 +40,10 @@ def cli() -> None:
     except Interrupted as e:
         tracking.INTERRUPTED.append(e.signum)  # a sweep's parent closes as KILLED (at exit)
         name = signal.Signals(e.signum).name
-        print(f"iosweep: stopped by {name}: what it wrote removed (scratch files, objects), the run recorded as KILLED",
-              file=sys.stderr)
+        status = getattr(e, "recorded_as", "KILLED")  # FAILED: under mpirun, another rank died first
+        if not app.other_rank():  # rank 0 says it for the MPI job
+            print(f"iosweep: stopped by {name}: what it wrote removed (scratch files, objects), the run recorded as "
+                  f"{status}", file=sys.stderr)
         sys.exit(128 + e.signum)
 
 

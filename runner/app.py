@@ -479,6 +479,8 @@ def run_point(cfg: DictConfig) -> float:
                      f"{signal.Signals(stopped.signum).name}"
         elif clients is not None:  # a rank on another host may have died: only mpirun's message can say which
             reason += " under mpirun (if no one stopped the job, another rank ended: mpirun's message names it)"
+        if clients is not None:
+            clients.fail(reason)  # the other ranks stop their workers now, whoever got the signal
         files = []
         if stopped.partial is not None:
             print(console.result_table(stopped.partial), flush=True)
@@ -490,6 +492,7 @@ def run_point(cfg: DictConfig) -> float:
         else:
             record = _unmeasured(base, "FAILED" if dead else "KILLED", reason,
                                  why=reason + " before the measured window")
+        stopped.recorded_as = record["status"]
         if multirun:  # the sweep's parent closes in this process: MLflow is loaded already
             _write_and_publish(run_dir, record, files)
         else:  # exit now: importing MLflow to publish takes seconds
@@ -567,12 +570,12 @@ def _run_as_other_rank(cfg: DictConfig) -> float:
         failed = e
     except Exception as e:  # a bug: rank 0 says which and where
         failed = WorkloadError(f"{type(e).__name__}: {e}")
+    if isinstance(failed, Interrupted):  # the job is being stopped (mpirun or the terminal signals every rank)
+        raise failed
     if clients is not None:
-        if failed is not None and not isinstance(failed, Interrupted):
+        if failed is not None:
             clients.fail(str(failed))
         clients.wait_done()  # exiting first would make mpirun end rank 0 before it recorded the point
-    if isinstance(failed, Interrupted):
-        raise failed
     if failed is not None and HydraConfig.get().mode != RunMode.MULTIRUN:
         sys.exit(2)
     return float("nan")

@@ -264,3 +264,33 @@ def test_what_mpirun_cannot_run_is_one_line_from_rank0(tmp_path, args, says):
     errors = [line for line in r.stderr.splitlines() if line.startswith("iosweep")]
     assert len(errors) == 1 and errors[0].startswith(says), r.stderr
     assert [x.info.status for x in mlflow_runs(tmp_path)[1]] == []
+
+
+@pytest.mark.slow
+def test_ctrl_c_records_what_rank0_measured_and_says_whose(tmp_path):
+    """Ctrl-C on mpirun: it ends every rank with SIGTERM to its process group (the workers' too): rank 0 keeps what
+    its workers measured, says it is its own only, and every rank removes its files."""
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    proc = mpirun_bg(tmp_path, 2, "clients=2", f"target.dir={scratch}", "size_mb=32", "block_kb=64",
+                     "duration_s=60")
+    try:
+        rank_process(proc, 1)
+        time.sleep(7)
+        t0 = time.monotonic()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode != 0 and took < 20, err
+    assert err.count("iosweep: stopped by SIGTERM") == 1, err  # rank 0 only
+    deadline = time.monotonic() + 60
+    while not any("1 imported" in p.read_text() for p in tmp_path.glob("outputs/runs/*/*/sync.log")):
+        assert time.monotonic() < deadline, "the run was not published within 60 s"
+        time.sleep(0.5)
+    run = only_run(tmp_path)
+    assert run.info.status == "KILLED" and run.data.metrics["bytes_total"] > 0
+    assert "rank 0's workers only" in run.data.tags["iosweep.warnings"]
+    assert os.listdir(scratch) == []

@@ -42,8 +42,8 @@ RUN_GRACE_S = 30.0  # after a timed run's deadline: the final fsync (fio's end_f
 STALL_S = 30.0  # a worker whose op counter has not moved for this long while others already
 #                 finished is stuck: it publishes progress every <= 256 ops or 16 MiB
 REAP_GRACE_S = 2.0  # asked to stop, a worker returns after its current group of ops
-TERM_GRACE_S = 1.0  # then SIGTERM; a stopped process only dies of...
-KILL_WAIT_S = 2.0  # ...SIGKILL; one in uninterruptible I/O dies when that I/O ends: not waited for
+KILL_WAIT_S = 2.0  # then SIGKILL (workers ignore SIGTERM, see _worker_main); one in uninterruptible I/O dies
+#                   when that I/O ends: not waited for
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
@@ -64,6 +64,9 @@ def _worker_main(spec, worker, extents, direct, shared, go, out, parent):
     _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the parent stops us
+    # a SIGTERM to the whole process group (mpirun ends a rank with kill(-pgid), so do `timeout` and service
+    # managers) reaches us too: the parent stops us and keeps what we measured; _reap ends us with SIGKILL
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     result = {"worker": worker, "error": None}
 
     def wait_start():
@@ -197,6 +200,9 @@ def run_workers(spec: Spec, placement, progress, clients=None) -> Result:
             partial.info["stopped"] = True
             partial.warnings[:0] = warnings + _missing(n, measured)
             partial.set_device_traffic(_window_start(spec, dev0, sampler), device_counters(placement.device))
+            if clients is not None:  # stopped before the ranks' figures were gathered
+                partial.warnings.insert(0, f"rank {clients.rank}'s workers only: the other ranks' figures were not "
+                                           "gathered before the stop")
         if isinstance(e, Stuck):
             failed = WorkloadError(str(e))
             failed.partial = partial  # the run fails, what the other workers measured is kept
@@ -386,7 +392,7 @@ def _stop(shared, procs, conns, got: dict) -> None:
 
 def _reap(procs, conns, got: dict) -> None:
     """Let workers finish (reading what they still send, so none blocks on a full pipe), then end
-    them: SIGTERM, then SIGKILL, every wait bounded. Once they are all reaped this returns at once."""
+    them with SIGKILL, every wait bounded. Once they are all reaped this returns at once."""
     if all(p.exitcode is not None for p in procs) and all(c.closed for c in conns):
         return
     deadline = time.monotonic() + REAP_GRACE_S
@@ -400,13 +406,12 @@ def _reap(procs, conns, got: dict) -> None:
         for conn in mp.connection.wait(waiting, timeout=0.05) if waiting else []:
             if _receive(conns.index(conn), conns, procs, got) is None:
                 conn.close()  # died without a result
-    for sig_wait, end in ((TERM_GRACE_S, "terminate"), (KILL_WAIT_S, "kill")):
-        alive = [p for p in procs if p.is_alive()]
-        for p in alive:
-            getattr(p, end)()
-        until = time.monotonic() + sig_wait
-        for p in alive:
-            p.join(max(0.0, until - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    until = time.monotonic() + KILL_WAIT_S
+    for p in alive:
+        p.join(max(0.0, until - time.monotonic()))
     for p in procs:
         if p.is_alive():  # in uninterruptible I/O: it dies when that ends; multiprocessing would
             mp.process._children.discard(p)  # join it at exit without a timeout: forget it instead
