@@ -54,7 +54,10 @@ def _exit_without_mpi_finalize(code) -> None:
     import atexit
     import os
 
-    atexit._run_exitfuncs()
+    for sig in app.STOP_SIGNALS:  # mpirun's SIGTERM (it ends the job when a rank leaves) must not cut this short
+        signal.signal(sig, signal.SIG_IGN)
+    tracking.close_sweep_parent("FAILED")  # first, in one call: mpirun's SIGKILL may follow within a second
+    atexit._run_exitfuncs()  # then the sweep's summary, if there is time
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code if isinstance(code, int) else 2)
@@ -68,11 +71,30 @@ def _quiet_rank() -> None:
     import shutil
     import tempfile
 
-    scratch = tempfile.mkdtemp(prefix="iosweep-rank-")
+    _remove_stale_rank_dirs(tempfile.gettempdir())
+    scratch = tempfile.mkdtemp(prefix=f"iosweep-rank-{os.getpid()}-")
     atexit.register(shutil.rmtree, scratch, ignore_errors=True)
     sys.argv[1:] += [f"hydra.run.dir={scratch}", f"hydra.sweep.dir={scratch}", "hydra.output_subdir=null",
                      "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     sys.stdout = open(os.devnull, "w")
+
+
+def _remove_stale_rank_dirs(tmp: str) -> None:
+    """The run dirs of ranks that were killed before their atexit: named by their pid, and holding only
+    (empty) directories, since a rank > 0 writes nothing there."""
+    import os
+    import re
+    import shutil
+    from pathlib import Path
+
+    import psutil
+
+    for d in Path(tmp).glob("iosweep-rank-*-*"):
+        m = re.fullmatch(r"iosweep-rank-(\d+)-\w+", d.name)
+        if not m or not d.is_dir() or d.is_symlink() or psutil.pid_exists(int(m[1])):
+            continue
+        if all(not files for _, _, files in os.walk(d)):  # never a file: then it is not one of ours
+            shutil.rmtree(d, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,7 @@ def _resolve_all(cfg: DictConfig) -> None:
 def to_spec(cfg: DictConfig) -> Spec:
     """Type-check the knobs (the schema leaves them loose, see schema.py), then range-check."""
     _resolve_all(cfg)
+    _switch(cfg, "allow_concurrent_points")  # runner.launchers reads it in a sweep; a single run checks it too
     return Spec(
         pattern=cfg.pattern.name, read_pct=_whole(cfg, "pattern.read_pct", 0),
         block_size=_whole(cfg, "block_kb") * 1024, writers=_whole_or_auto(cfg, "writers"), clients=_whole(cfg, "clients"),
@@ -479,8 +480,6 @@ def run_point(cfg: DictConfig) -> float:
                      f"{signal.Signals(stopped.signum).name}"
         elif clients is not None:  # a rank on another host may have died: only mpirun's message can say which
             reason += " under mpirun (if no one stopped the job, another rank ended: mpirun's message names it)"
-        if clients is not None:
-            clients.fail(reason)  # the other ranks stop their workers now, whoever got the signal
         files = []
         if stopped.partial is not None:
             print(console.result_table(stopped.partial), flush=True)
@@ -497,6 +496,8 @@ def run_point(cfg: DictConfig) -> float:
             _write_and_publish(run_dir, record, files)
         else:  # exit now: importing MLflow to publish takes seconds
             _write_and_publish_later(run_dir, record, files)
+        if clients is not None:  # recorded: the other ranks stop their workers and leave (no further point)
+            clients.fail(reason, final=True)
         raise
     except (ConfigError, WorkloadError) as e:
         progress.done()
@@ -561,8 +562,7 @@ def _clients_done(clients) -> None:
 def _run_as_other_rank(cfg: DictConfig) -> float:
     """A rank > 0: run this rank's share of the point and send it to rank 0 (workloads/clients.py); print,
     write and record nothing (rank 0 does). Whatever fails here reaches rank 0, which names this rank."""
-    clients = None
-    failed = None
+    clients = failed = None
     try:
         clients = _clients(cfg)
         workloads.run(workloads.checked(to_spec(cfg)), clients=clients)
@@ -570,13 +570,31 @@ def _run_as_other_rank(cfg: DictConfig) -> float:
         failed = e
     except Exception as e:  # a bug: rank 0 says which and where
         failed = WorkloadError(f"{type(e).__name__}: {e}")
-    if isinstance(failed, Interrupted):  # the job is being stopped (mpirun or the terminal signals every rank)
-        raise failed
-    if clients is not None:
+    multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+    if clients is None:  # failed before it joined the job: so did rank 0 (the same config), which says why
+        if isinstance(failed, Interrupted):
+            raise failed
+        if failed is not None and not multirun:
+            sys.exit(2)
+        return float("nan")
+    try:
+        if isinstance(failed, Interrupted):  # rank 0 records the point FAILED naming this rank and ends the job
+            clients.fail(f"was stopped by {signal.Signals(failed.signum).name}", final=True)
+            clients.wait_done()
+            raise failed
         if failed is not None:
-            clients.fail(str(failed))
-        clients.wait_done()  # exiting first would make mpirun end rank 0 before it recorded the point
-    if failed is not None and HydraConfig.get().mode != RunMode.MULTIRUN:
+            clients.fail(str(failed))  # nothing to send when rank 0 ended the point itself
+        if isinstance(failed, workloads.clients.RankLost):  # rank 0 is stopped or stuck: it cannot say it
+            raise failed
+        if not clients.final:
+            clients.wait_done()  # exiting first would make mpirun end rank 0 before it recorded the point
+    except workloads.clients.RankLost as lost:
+        print(f"iosweep: error: rank {clients.rank} (pid {clients.pid} on {clients.host}): {lost}", file=sys.stderr,
+              flush=True)
+        sys.exit(2)  # without MPI_Finalize (runner.__main__): it would wait for rank 0
+    if clients.final:  # rank 0 was stopped: no further point; exit 0, or mpirun would end rank 0 while it closes
+        sys.exit(0)
+    if failed is not None and not multirun:
         sys.exit(2)
     return float("nan")
 
@@ -728,8 +746,17 @@ MAX_CLIENT_TAGS = 64  # one tag per rank up to this many; clients.csv has them a
 
 
 def _clients_csv(rows: list[dict]) -> str:
-    keys = ("rank", "host", "pid", "mib_s", "iops", "p99_us", "bytes", "elapsed_s")
-    return "\n".join([",".join(keys)] + [",".join(str(row[k]) for k in keys) for row in rows]) + "\n"
+    import csv
+    import io
+
+    from workloads.processes import CLIENT_COLUMNS
+
+    out = io.StringIO()
+    columns = CLIENT_COLUMNS + (("repeat",) if "repeat" in rows[0] else ())
+    writer = csv.DictWriter(out, columns, lineterminator="\n")  # quoted: a dir may hold a comma
+    writer.writeheader()
+    writer.writerows(rows)
+    return out.getvalue()
 
 
 # time-series row field -> MLflow step metric; system/* are the names MLflow's System Metrics tab shows

@@ -113,11 +113,13 @@ def result_table(result: Result) -> str:
         lines.append(f"  {'throughput':>12} {m['throughput_mib_s']:10.1f} MiB/s   {'iops':>6} {m['iops']:10.0f}"
                      f"   {m['bytes_total'] / MIB:.0f} MiB in {m['elapsed_s']:.3f} s")
     if "clients" in info:  # clients > 1: the ranks' own rates over their own windows, and their spread
-        lines.append(f"  {'clients':>12} {len(info['clients'])} ranks, spread {m['client_spread_pct']:.0f}% "
-                     f"(fastest to slowest)")
+        lines.append(f"  {'clients':>12} {m['clients']:.0f} ranks, spread {m['client_spread_pct']:.0f}% "
+                     f"(fastest to slowest" + (", the largest of the repeats)" if n > 1 else ")"))
         for row in info["clients"]:
-            lines.append(f"  {'rank ' + str(row['rank']):>12} {row['mib_s']:10.1f} MiB/s   p99 {row['p99_us']:.1f} us   "
-                         f"{row['bytes'] / MIB:.0f} MiB in {row['elapsed_s']:.3f} s   {row['host']} pid {row['pid']}")
+            name = f"rank {row['rank']}" + (f" r{row['repeat'] + 1}" if "repeat" in row else "")
+            lines.append(f"  {name:>12} {row['mib_s']:10.1f} MiB/s   p99 {row['p99_us']:.1f} us   "
+                         f"{row['bytes'] / MIB:.0f} MiB in {row['elapsed_s']:.3f} s   {row['host']} pid {row['pid']}  "
+                         f"{row['fs']} {row['dir']}")
     if "read_throughput_mib_s" in m:
         lines.append(f"  {'read':>12} {m['read_throughput_mib_s']:10.1f} MiB/s   "
                      f"{'write':>6} {m['write_throughput_mib_s']:10.1f} MiB/s{pooled}")

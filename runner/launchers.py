@@ -57,8 +57,11 @@ def launcher_name(cfg: DictConfig) -> str:
 def refusal(cfg: DictConfig) -> str | None:
     """The one-line refusal for a sweep whose points would run at the same time on one host, unless
     allow_concurrent_points=true (then None, as for a launcher that runs them one after another)."""
+    allowed = _get(cfg, "allow_concurrent_points")
+    if not isinstance(allowed, bool):  # `yes` or 1 would otherwise read as "no" and be refused for the wrong reason
+        return f"allow_concurrent_points={allowed!r}: must be true or false"
     found = concurrency(cfg)
-    if found is None or _get(cfg, "allow_concurrent_points") is True:
+    if found is None or allowed:
         return None
     why, fix = found
     return (f"{launcher_name(cfg)} runs points at the same time on one host ({why}): they measure each other; "

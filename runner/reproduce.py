@@ -25,6 +25,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from workloads.clients import mpi_size
+
 from . import app, console, runs, schema, secrets, tracking
 
 
@@ -161,8 +163,19 @@ def with_given(saved: list[str], given: list[str], origin: str, dry_run: bool) -
     return out
 
 
+def _mpi_ranks(args: list[str]) -> int:
+    """The clients=N a saved run was made with (1 if none): such a run is reproduced under mpirun -np N."""
+    values = [a.partition("=")[2] for a in args if a.partition("=")[0] == "clients"]
+    return max((int(v) for v in ",".join(values).split(",") if v.strip().isdigit()), default=1)
+
+
 def run_runner(args: list[str], reproduced_from: str) -> int:
-    """python -m runner ARGS in the current directory, its output straight to the terminal."""
+    """python -m runner ARGS in the current directory, its output straight to the terminal. Under mpirun each
+    rank's runner is one rank of the point (workloads/clients.py)."""
+    n = _mpi_ranks(args)
+    if n > 1 and not mpi_size():
+        console.fail(f"{reproduced_from} ran on {n} MPI ranks (clients={n}): mpirun -np {n} python -m runner.reproduce "
+                     f"{reproduced_from}")
     args = app.quote_null_choices(args)
     print(f"iosweep: running python -m runner {' '.join(args)}", flush=True)
     env = dict(os.environ, **{tracking.REPRODUCED_ENV: reproduced_from})
@@ -187,7 +200,7 @@ def reproduce_point(original: Original, dry_run: bool, given: list[str] = ()) ->
         return 0
     since_ms = int(time.time() * 1000)
     code = run_runner(args, original.origin)
-    if code != 0:
+    if code != 0 or app.other_rank():  # a rank > 0 ran its share: rank 0 finds and shows the new run
         return code
     new = find_reproduction(original.origin, since_ms, sweep=False)
     if new is None:
@@ -208,6 +221,8 @@ def reproduce_sweep(c, parent, dry_run: bool, given: list[str] = ()) -> int:
         return 0
     since_ms = int(time.time() * 1000)
     code = run_runner(["-m", *sweep_args], parent_id)
+    if app.other_rank():
+        return code
     new = find_reproduction(parent_id, since_ms, sweep=True)
     if new is None:
         if code != 0:  # the sweep did not even start (e.g. a bad override): the runner said why
@@ -227,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="give again a value that was masked when logged (a credential); repeatable")
     secrets.guard_terminal()
     args = parser.parse_args(argv)
+    if app.other_rank():  # under mpirun: rank 0 prints
+        sys.stdout = open(os.devnull, "w")
     for g in args.given:
         if "=" not in g:
             console.fail(f"--set {g}: give KEY=VALUE, the key as in the saved overrides")

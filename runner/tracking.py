@@ -786,6 +786,17 @@ def store_reason(e: Exception) -> str:
     return lines[0][:200] if lines else type(e).__name__
 
 
+def close_sweep_parent(status: str) -> None:
+    """Close the running sweep's parent run now, in one call (the summary comes later, if the process lives)."""
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        try:
+            client().set_terminated(parent, status)
+        except Exception as e:  # the store is down: the next run closes it (close_dead_runs)
+            print(f"iosweep: error: could not close the sweep's parent run {parent} ({store_reason(e)})",
+                  file=sys.stderr)
+
+
 def parent_run_id() -> str | None:
     return os.environ.get(PARENT_ENV)
 

@@ -2,6 +2,7 @@
 
 Rank 0 merges every rank's workers and alone records the point; a rank that fails, dies or stops ends the
 point FAILED on rank 0 naming it, and no rank waits forever."""
+import csv
 import os
 import signal
 import subprocess
@@ -15,6 +16,7 @@ import pytest
 
 from conftest import mlflow_runs, run_cli
 from workloads import ConfigError, LatencyHistogram, Spec, checked
+from workloads.metrics import combine
 from workloads.processes import STRAGGLER_PCT, _merge_clients
 
 MIB = 1 << 20
@@ -67,8 +69,9 @@ def _outs(t0: int, t1: int, latencies_ns: list[int], nbytes: int) -> dict:
             "ramp_done": True, "counters": {}}
 
 
-def _info(rank, host, boot, offset_ns, mib_s, dev=(0, 64 * MIB), device="vda"):
+def _info(rank, host, boot, offset_ns, mib_s, dev=(0, 64 * MIB), device="vda", fs="ext4", mountpoint="/"):
     return {"rank": rank, "host": host, "pid": 100 + rank, "boot": boot, "offset_ns": offset_ns, "device": device,
+            "fs": fs, "mountpoint": mountpoint, "dir": f"/data/iosweep-{rank}",
             "device_bytes": dev, "mib_s": mib_s, "iops": 1.0, "p99_us": 1.0, "bytes": 64 * MIB, "elapsed_s": 1.0,
             "warnings": []}
 
@@ -100,6 +103,29 @@ def test_hosts_add_their_devices_and_close_clients_are_no_stragglers():
     assert r.info["client_hosts"] == ["a", "b"]
     assert r.info["client_spread_pct"] == pytest.approx(10.0) and 10.0 < STRAGGLER_PCT
     assert not any("straggler" in w for w in r.warnings)
+    assert not any("different storage" in w for w in r.warnings)
+
+
+def test_repeats_keep_every_repeats_table_of_ranks():
+    spec = Spec(writers=1, clients=2)
+    merged = []
+    for spread_mib in (90.0, 60.0):
+        ranks = [(0, [_outs(0, 10**9, [1000], 64 * MIB)], _info(0, "a", "a", 0, 100.0)),
+                 (1, [_outs(0, 10**9, [1000], 64 * MIB)], _info(1, "a", "a", 0, spread_mib))]
+        merged.append(_merge_clients(spec, ranks, SimpleNamespace(io_mode="buffered"),
+                                     SimpleNamespace(warnings=[], info={})))
+    r = combine(merged)
+    assert [(row["rank"], row["repeat"]) for row in r.info["clients"]] == [(0, 0), (1, 0), (0, 1), (1, 1)]
+    m = r.metrics()
+    assert m["clients"] == 2 and m["client_spread_pct"] == pytest.approx(40.0) and m["repeats"] == 2
+
+
+def test_ranks_on_different_storage_are_named():
+    spec = Spec(writers=1, clients=2)
+    ranks = [(0, [_outs(0, 10**9, [1000], 64 * MIB)], _info(0, "a", "a", 0, 100.0)),
+             (1, [_outs(0, 10**9, [1000], 64 * MIB)], _info(1, "a", "a", 0, 98.0, fs="tmpfs", mountpoint="/dev/shm"))]
+    r = _merge_clients(spec, ranks, SimpleNamespace(io_mode="buffered"), SimpleNamespace(warnings=[], info={}))
+    assert "the ranks measured different storage: rank 0 ext4 at /, rank 1 tmpfs at /dev/shm" in " ".join(r.warnings)
 
 
 @pytest.mark.parametrize("kwargs, says", [
@@ -139,9 +165,11 @@ def test_two_clients_are_one_run_with_every_rank_in_it(tmp_path):
     assert m["bytes_total"] == 2 * 64 * MIB and m["ops_total"] == 2 * 64 * 16 and m["clients"] == 2
     assert m["throughput_mib_s"] == pytest.approx(m["bytes_total"] / MIB / m["elapsed_s"])
     client, run_id = mlflow_runs(tmp_path)[0], run.info.run_id
-    rows = open(client.download_artifacts(run_id, "clients/clients.csv", str(tmp_path))).read().splitlines()
-    assert rows[0] == "rank,host,pid,mib_s,iops,p99_us,bytes,elapsed_s" and len(rows) == 3
-    per_rank = [dict(zip(rows[0].split(","), line.split(","))) for line in rows[1:]]
+    with open(client.download_artifacts(run_id, "clients/clients.csv", str(tmp_path))) as f:
+        per_rank = list(csv.DictReader(f))
+    assert list(per_rank[0]) == ["rank", "host", "pid", "mib_s", "iops", "p99_us", "bytes", "elapsed_s", "fs",
+                                 "mountpoint", "dir"] and len(per_rank) == 2
+    assert {x["fs"] for x in per_rank} == {"tmpfs"} and per_rank[0]["dir"] != per_rank[1]["dir"]
     assert [int(x["bytes"]) for x in per_rank] == [64 * MIB, 64 * MIB]
     assert m["elapsed_s"] >= max(float(x["elapsed_s"]) for x in per_rank) - 1e-6  # first start to last end
     pids = {x["pid"] for x in per_rank}
@@ -171,20 +199,20 @@ def test_a_rank_that_fails_fails_the_point_on_rank0_naming_it(tmp_path):
     assert (tmp_path / "d1").read_text() == "not a directory" and os.listdir(tmp_path / "d0") == []
 
 
-def signal_rank1(tmp_path, args, sig, wait_until) -> tuple[int, psutil.Process, str, float]:
-    """Run mpirun -np 2 with args, send rank 1 sig once wait_until(rank 1) returns; (exit code, rank 1, stderr,
-    seconds until mpirun ended)."""
+def signal_rank1(tmp_path, args, sig, wait_until, rank: int = 1) -> tuple[int, psutil.Process, str, float]:
+    """Run mpirun -np 2 with args, send `rank` (1 unless said) sig once wait_until(that rank) returns; (exit
+    code, the rank's process, stderr, seconds until mpirun ended)."""
     t0 = time.monotonic()
-    proc = mpirun_bg(tmp_path, 2, "clients=2", *args)
+    proc = mpirun_bg(tmp_path, 2, *args, "clients=2")
     try:
-        rank1 = rank_process(proc, 1)
-        wait_until(rank1)
-        rank1.send_signal(sig)
+        target = rank_process(proc, rank)
+        wait_until(target)
+        target.send_signal(sig)
         _, err = proc.communicate(timeout=90)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, rank1, err, time.monotonic() - t0
+    return proc.returncode, target, err, time.monotonic() - t0
 
 
 def into_the_window(rank1) -> None:
@@ -206,12 +234,7 @@ def test_a_killed_rank_fails_the_point_on_rank0_naming_it(tmp_path):
                                        signal.SIGKILL, into_the_window)
     assert code != 0
     assert f"iosweep: error: rank 1 (pid {rank1.pid} on " in err and "died (killed or crashed)" in err, err
-    # published by a detached `runner.sync` (mpirun ends rank 0 within a second): reading the store before it made
-    # the tables would race it making them
-    deadline = time.monotonic() + 60
-    while not any("1 imported" in p.read_text() for p in tmp_path.glob("outputs/runs/*/*/sync.log")):
-        assert time.monotonic() < deadline, "the run was not published within 60 s"
-        time.sleep(0.5)
+    published(tmp_path)  # by a detached `runner.sync`: mpirun ends rank 0 within a second
     run = only_run(tmp_path)
     assert run.info.status == "FAILED" and f"rank 1 (pid {rank1.pid} on" in run.data.tags["iosweep.error"]
 
@@ -286,11 +309,59 @@ def test_ctrl_c_records_what_rank0_measured_and_says_whose(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode != 0 and took < 20, err
     assert err.count("iosweep: stopped by SIGTERM") == 1, err  # rank 0 only
-    deadline = time.monotonic() + 60
-    while not any("1 imported" in p.read_text() for p in tmp_path.glob("outputs/runs/*/*/sync.log")):
-        assert time.monotonic() < deadline, "the run was not published within 60 s"
-        time.sleep(0.5)
+    published(tmp_path)
     run = only_run(tmp_path)
     assert run.info.status == "KILLED" and run.data.metrics["bytes_total"] > 0
     assert "rank 0's workers only" in run.data.tags["iosweep.warnings"]
     assert os.listdir(scratch) == []
+
+
+def published(tmp_path, timeout: float = 60) -> None:
+    """Wait until the detached runner.sync has imported the run (reading the store earlier races it)."""
+    deadline = time.monotonic() + timeout
+    while not any("1 imported" in p.read_text() for p in tmp_path.glob("outputs/runs/*/*/sync.log")):
+        assert time.monotonic() < deadline, f"the run was not published within {timeout} s"
+        time.sleep(0.5)
+
+
+WINDOW = ["target=tmpfs", "size_mb=32", "block_kb=64", "duration_s=60"]
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank1_alone_fails_the_point_naming_it_at_once(tmp_path):
+    code, rank1, err, took = signal_rank1(tmp_path, WINDOW, signal.SIGTERM, into_the_window)
+    assert code == 2 and took < 30, err
+    assert f"iosweep: error: rank 1 (pid {rank1.pid} on " in err and "was stopped by SIGTERM" in err, err
+    assert "stopped by SIGTERM: what it wrote removed" not in err  # rank 1 records nothing and says nothing
+    run = only_run(tmp_path)
+    assert run.info.status == "FAILED" and run.data.tags["iosweep.error"].endswith("was stopped by SIGTERM")
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank0_alone_ends_every_rank(tmp_path):
+    code, rank0, err, took = signal_rank1(tmp_path, WINDOW, signal.SIGTERM, into_the_window, rank=0)
+    assert code == 128 + signal.SIGTERM and took < 30, err
+    published(tmp_path)
+    run = only_run(tmp_path)
+    assert run.info.status == "KILLED" and "rank 0's workers only" in run.data.tags["iosweep.warnings"]
+
+
+@pytest.mark.slow
+def test_sigstop_to_rank0_is_named_by_rank1_and_ends_the_job(tmp_path):
+    code, rank0, err, took = signal_rank1(tmp_path, ["target=tmpfs", "size_mb=32", "block_kb=64", "duration_s=8",
+                                                     "client_timeout_s=5"], signal.SIGSTOP, into_the_window, rank=0)
+    assert code != 0 and took < 90, err
+    assert "iosweep: error: rank 1 (pid " in err and "rank 0 did not take this rank's result within 5 s" in err, err
+    assert not psutil.pid_exists(rank0.pid) or psutil.Process(rank0.pid).status() == psutil.STATUS_ZOMBIE
+
+
+@pytest.mark.slow
+def test_a_killed_rank_in_a_sweep_closes_the_parent(tmp_path):
+    code, rank1, err, _ = signal_rank1(tmp_path, ["-m", "target=tmpfs", "size_mb=32", "duration_s=6",
+                                                   "block_kb=64,128,256"],
+                                       signal.SIGKILL, into_the_window)
+    assert code != 0 and "Traceback" not in err and "Exception ignored" not in err, err
+    _, runs = mlflow_runs(tmp_path)
+    [parent] = [r for r in runs if r.data.tags.get("iosweep.sweep") == "true"]
+    assert parent.info.status == "FAILED" and all(r.info.status != "RUNNING" for r in runs)
+    assert any(f"rank 1 (pid {rank1.pid} on" in r.data.tags.get("iosweep.error", "") for r in runs)

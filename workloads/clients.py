@@ -35,6 +35,8 @@ HEARTBEAT_S = 1.0
 POLL_S = 0.01
 START_LEAD_S = 0.05  # the common start is this far after rank 0 heard the last "ready": every rank gets "go" first
 SILENCE_S = 30.0  # a running rank sends a heartbeat every second: this long without one means stopped or stuck
+DONE_MIN_S = 60.0  # a rank waits at least this long for rank 0 to record a point (MLflow's import alone takes seconds)
+MIN_TIMEOUT_S = 1.0  # client_timeout_s below this cannot even carry one message round
 RANK_ENV = ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK")  # Open MPI, PMIx launchers (srun), MPICH
 SIZE_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
 
@@ -90,7 +92,8 @@ class Clients:
         self._last_beat = 0.0
         self._seen: dict[int, float] = {}
         self._early: dict[int, dict] = {}  # results that came while rank 0 still ran its own workers
-        self.aborted: str | None = None
+        self.aborted: str | None = None  # rank 0's reason when it ended the point
+        self.final = False  # ...and the job: rank 0 was stopped, it runs no further point
 
     # ---- the messages
     def _send(self, dest: int, kind: str, **payload) -> None:
@@ -102,12 +105,14 @@ class Clients:
             return None
         return self.comm.recv(source=source, tag=TAG)
 
-    def flush(self, timeout_s: float = 10.0) -> None:
-        """Wait (bounded) until what this rank sent is delivered: a large result goes by rendezvous."""
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait (bounded) until what this rank sent is delivered (a large result goes by rendezvous: it is
+        delivered when rank 0 takes it). False if it was not."""
         deadline = time.monotonic() + timeout_s
         while self._sends and time.monotonic() < deadline:
             self._sends = [r for r in self._sends if not r.Test()]
             time.sleep(POLL_S)
+        return not self._sends
 
     # ---- rank 0
     def _wait_all(self, kind: str, what: str, timeout_s: float | None, on_poll=None) -> dict[int, dict]:
@@ -141,6 +146,8 @@ class Clients:
         if msg.get("hello"):
             self.peers[r] = msg["hello"]
         if msg["kind"] == "error" and self._ours(msg):
+            if msg.get("final"):  # that rank is stopping (a signal): it runs no further point
+                raise RankLost(f"rank {r} ({self.describe(r)}) {msg['why']}")
             raise RankFailed(f"rank {r} ({self.describe(r)}) failed: {msg['why']}")
 
     def _ours(self, msg: dict) -> bool:
@@ -193,8 +200,7 @@ class Clients:
             msg = self._receive(0)
             if msg is not None and msg["kind"] in kinds and self._ours(msg):
                 if msg["kind"] == "abort":
-                    self.aborted = msg["why"]
-                    raise RankFailed(f"rank 0 ended the point: {msg['why']}")
+                    self._aborted(msg)
                 return msg
             if msg is None:
                 time.sleep(POLL_S)
@@ -210,8 +216,7 @@ class Clients:
                 self._send(0, "beat", bytes_done=bytes_done)
             msg = self._receive(0)
             if msg is not None and msg["kind"] == "abort" and self._ours(msg):
-                self.aborted = msg["why"]
-                raise RankFailed(f"rank 0 ended the point: {msg['why']}")
+                self._aborted(msg)
             return
         for r in range(1, self.size):
             msg = self._receive(r)
@@ -222,6 +227,10 @@ class Clients:
                     self._early[r] = msg
                 msg = self._receive(r)
         self._check_alive(set(range(1, self.size)) - set(self._early), "send its result", self._round_start, None)
+
+    def _aborted(self, msg: dict):
+        self.aborted, self.final = msg["why"], bool(msg.get("final"))
+        raise RankFailed(f"rank 0 ended the point: {msg['why']}")
 
     def begin_point(self) -> None:
         """A new point of the sweep (every rank runs the same points in the same order)."""
@@ -240,20 +249,23 @@ class Clients:
         """Ranks > 0 send their workers' results; rank 0 returns [(rank, outs, info)] of every rank."""
         if self.rank:
             self._send(0, "result", outs=outs, info=info)
-            self.flush(self.timeout_s)
+            if not self.flush(self.timeout_s):
+                raise RankLost(f"rank 0 did not take this rank's result within {self.timeout_s:.0f} s "
+                               "(client_timeout_s): stopped or stuck")
             return None
         got = self._wait_all("result", "send its result", None)
         return [(0, outs, info)] + [(r, got[r]["outs"], got[r]["info"]) for r in sorted(got)]
 
-    def fail(self, why: str) -> None:
-        """This rank failed: rank 0 tells every other rank to stop; another rank tells rank 0 why."""
+    def fail(self, why: str, final: bool = False) -> None:
+        """This rank failed: rank 0 tells every other rank to stop; another rank tells rank 0 why.
+        final: this rank is being stopped (a signal) and runs no further point of a sweep."""
         if self.rank:
             if self.aborted is None:  # rank 0 knows already when it ended the point itself
-                self._send(0, "error", why=why)
+                self._send(0, "error", why=why, final=final)
                 self.flush(5.0)
         else:
             for r in range(1, self.size):
-                self._send(r, "abort", why=why)
+                self._send(r, "abort", why=why, final=final)
             self.flush(5.0)
 
     def done(self) -> None:
@@ -264,14 +276,20 @@ class Clients:
         self.flush(5.0)
 
     def wait_done(self) -> None:
-        """Ranks > 0: wait (bounded) until rank 0 has recorded the point."""
-        deadline = time.monotonic() + self.timeout_s
+        """Ranks > 0: wait (bounded) until rank 0 has recorded the point (or ended it). RankLost if it does not
+        answer: it is stopped or stuck, and this rank must not wait in MPI_Finalize for it."""
+        timeout_s = max(self.timeout_s, DONE_MIN_S)
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             msg = self._receive(0)
-            if msg is not None and msg["kind"] == "done" and self._ours(msg):
+            # "abort" that is not final ended the point only: rank 0 still records it, then says "done"
+            if msg is not None and self._ours(msg) and (msg["kind"] == "done" or msg["kind"] == "abort"
+                                                        and msg.get("final")):
+                self.final = self.final or bool(msg.get("final"))
                 return
             if msg is None:
                 time.sleep(POLL_S)
+        raise RankLost(f"rank 0 did not record the point within {timeout_s:.0f} s: stopped or stuck")
 
     def dead_peers(self) -> list[str]:
         """Rank 0: the ranks on this host whose process is gone (after mpirun ended this one)."""
@@ -315,6 +333,8 @@ def world(clients: int, timeout_s: float) -> Clients | None:
     if not size:
         raise ConfigError("clients", clients, f"runs one point on {clients} MPI ranks: start it with "
                                               f"mpirun -np {clients} python -m runner ... clients={clients}")
+    if timeout_s < MIN_TIMEOUT_S:
+        raise ConfigError("client_timeout_s", timeout_s, f"must be at least {MIN_TIMEOUT_S:g} (seconds)")
     if size != clients:
         raise ConfigError("clients", clients, f"but mpirun started {size} ranks: set clients={size} "
                                               f"or mpirun -np {clients}")

@@ -159,6 +159,9 @@ def combine(results: list["Result"]) -> "Result":
         out.warnings += [w for w in r.warnings if w not in out.warnings]
         out.timeseries += [dict(row, repeat=i) for row in r.timeseries]
         out.repeat_throughputs.append((r.bytes_read + r.bytes_written) / MIB / r.elapsed_s if r.elapsed_s else 0.0)
+    if "clients" in first.info:  # clients > 1: every repeat's table of ranks (each over its own window)
+        out.info["clients"] = [dict(row, repeat=i) for i, r in enumerate(results) for row in r.info["clients"]]
+        out.info["client_spread_pct"] = max(r.info["client_spread_pct"] for r in results)
     return out
 
 
@@ -274,7 +277,7 @@ class Result:
                      tensor_max_mib=self.info["model_tensor_max_bytes"] / MIB,
                      tensor_min_kib=self.info["model_tensor_min_bytes"] / 1024)
         if "clients" in self.info:  # clients > 1: every rank's figures are in the ones above; how far apart they were
-            m["clients"] = float(len(self.info["clients"]))
+            m["clients"] = float(len({row["rank"] for row in self.info["clients"]}))
             m["client_spread_pct"] = self.info["client_spread_pct"]
         if "ops_requested" in self.counters and el > 0:  # merge_kb: the pattern's requests served per second
             m["requested_iops"] = self.counters["ops_requested"] / el

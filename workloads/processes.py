@@ -31,6 +31,8 @@ from .spec import APPEND, FORMAT_READ, Spec
 from .worker import Aborted, worker_loop
 
 POLL_S = 0.05
+CLIENT_COLUMNS = ("rank", "host", "pid", "mib_s", "iops", "p99_us", "bytes", "elapsed_s", "fs", "mountpoint", "dir")
+#                 (with repeats: and "repeat", metrics.combine)
 STRAGGLER_PCT = 25.0  # clients: the slowest this far below the fastest is named in a warning
 
 # Every wait on a worker is bounded, so a worker that is stopped (SIGSTOP, a debugger) or stuck in
@@ -234,7 +236,9 @@ def _sleep_until(wall_ns: int) -> None:
 def _client_info(clients, result: Result, placement) -> dict:
     """What rank 0 needs of this rank besides its workers' results: who, its clock, its own figures."""
     m = result.metrics()
+    where = placement.info()
     return {"rank": clients.rank, "host": clients.host, "pid": clients.pid, "boot": _boot_id(),
+            "fs": where["fs_type"], "mountpoint": where["mountpoint"], "dir": where["scratch_dir"] or where["target_path"],
             "offset_ns": time.time_ns() - time.perf_counter_ns(),  # perf_counter -> wall clock on this host
             "device": placement.device, "device_bytes": (result.device_read_bytes, result.device_write_bytes),
             "mib_s": m["throughput_mib_s"], "iops": m["iops"], "p99_us": m["lat_p99_us"],
@@ -271,8 +275,12 @@ def _merge_clients(spec: Spec, ranks: list, placement, mine: Result) -> Result:
         dev_r, dev_w = dev_r + info["device_bytes"][0], dev_w + info["device_bytes"][1]
     result.device_read_bytes, result.device_write_bytes = dev_r, dev_w
     result.device_requests = {}  # request counts and times per device are not added across hosts
-    table = [{k: info[k] for k in ("rank", "host", "pid", "mib_s", "iops", "p99_us", "bytes", "elapsed_s")}
-             for _rank, _outs, info in ranks]
+    table = [{k: info[k] for k in CLIENT_COLUMNS} for _rank, _outs, info in ranks]
+    kinds = {(row["fs"], row["mountpoint"]) for row in table}
+    if len(kinds) > 1:  # e.g. target.dir differs per host, or is a link to another file system on one of them
+        result.warnings.append("the ranks measured different storage: " + ", ".join(
+            f"rank {row['rank']} {row['fs']} at {row['mountpoint']}" for row in table)
+            + ": the aggregate mixes them (clients.csv has each rank's own figures)")
     rates = [row["mib_s"] for row in table]
     spread = 100.0 * (max(rates) - min(rates)) / max(rates) if max(rates) > 0 else 0.0
     result.info.update(clients=table, client_spread_pct=spread, client_hosts=sorted({r["host"] for r in table}))
