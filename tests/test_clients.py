@@ -365,3 +365,21 @@ def test_a_killed_rank_in_a_sweep_closes_the_parent(tmp_path):
     [parent] = [r for r in runs if r.data.tags.get("iosweep.sweep") == "true"]
     assert parent.info.status == "FAILED" and all(r.info.status != "RUNNING" for r in runs)
     assert any(f"rank 1 (pid {rank1.pid} on" in r.data.tags.get("iosweep.error", "") for r in runs)
+
+
+def test_stale_rank_dirs_are_removed_only_when_empty_and_their_pid_is_gone(tmp_path):
+    from runner.__main__ import _remove_stale_rank_dirs
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    gone = tmp_path / f"iosweep-rank-{dead.pid}-abc"
+    (gone / "multirun" / "0").mkdir(parents=True)  # what Hydra makes for a rank > 0: directories only
+    with_file = tmp_path / f"iosweep-rank-{dead.pid}-def"
+    with_file.mkdir()
+    (with_file / "notes.txt").write_text("not ours")
+    alive = tmp_path / f"iosweep-rank-{os.getpid()}-ghi"
+    alive.mkdir()
+    other = tmp_path / "iosweep-rank-x"
+    other.mkdir()
+    _remove_stale_rank_dirs(str(tmp_path))
+    assert not gone.exists() and with_file.exists() and alive.exists() and other.exists()
