@@ -1,8 +1,5 @@
 """Issue 14, part 2: sweep points as Slurm jobs (hydra/launcher=submitit_slurm) on a real single-node Slurm,
 every point logging to one MLflow tracking server under the sweep's parent run."""
-import os
-import subprocess
-import sys
 import time
 
 import psutil
@@ -10,7 +7,7 @@ import pytest
 
 from conftest import run_cli
 from slurm_cluster import SlurmCluster
-from test_ui import free_port, listening, stop, wait_until_up
+from test_ui import listening, start_mlflow_server, stop, wait_until_up
 
 pytestmark = pytest.mark.slow
 
@@ -33,17 +30,8 @@ def slurm(tmp_path_factory):
 def mlflow_server(tmp_path_factory):
     """A tracking server as a cluster would have one: points reach it over HTTP (MLFLOW_TRACKING_URI)."""
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = root / "mlflow_server.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner to leave behind
-    with open(log, "w") as log_file:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-             "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            cwd=root, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    server, port, base, log = start_mlflow_server(root, root / "mlflow.db", "--artifacts-destination",
+                                                  str(root / "artifacts"))
     try:
         wait_until_up(server, base, log)
         yield base

@@ -68,21 +68,26 @@ def wait_until_up(server: subprocess.Popen, base: str, log) -> None:
     raise AssertionError(f"mlflow server did not answer within {START_TIMEOUT_S} s:\n{log.read_text()}")
 
 
-def test_tracking_server_shows_the_sweep_parent_and_its_children(tmp_path):
-    p = run_cli(tmp_path, "-m", "size_mb=8", "block_kb=64,128")
-    assert p.returncode == 0, p.stderr
-
+def start_mlflow_server(cwd, db, *extra: str):
+    """`mlflow server` on a free port of 127.0.0.1 over sqlite db, in its own process group (stop() ends it);
+    returns (process, port, base URL, log path). extra: more server arguments."""
     port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = tmp_path / "mlflow_server.log"
+    log = cwd / "mlflow_server.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # no background job runner to leave behind
     with open(log, "w") as log_file:
         server = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-             f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1"],
-            cwd=tmp_path, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+            [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
+             "--port", str(port), "--workers", "1", *extra],
+            cwd=cwd, env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
+    return server, port, f"http://127.0.0.1:{port}", log
+
+
+def test_tracking_server_shows_the_sweep_parent_and_its_children(tmp_path):
+    p = run_cli(tmp_path, "-m", "size_mb=8", "block_kb=64,128")
+    assert p.returncode == 0, p.stderr
+
+    server, port, base, log = start_mlflow_server(tmp_path, tmp_path / "outputs" / "mlflow.db")
     try:
         wait_until_up(server, base, log)
         exp = api(base, "/api/2.0/mlflow/experiments/get-by-name?experiment_name=iosweep")["experiment"]
