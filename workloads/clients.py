@@ -87,7 +87,7 @@ class Clients:
         self.host, self.pid = socket.gethostname(), os.getpid()
         self.point = 0  # the points of a sweep, counted alike on every rank
         self.round = (0, 0)  # (point, measured run within it): messages of another round are ignored
-        self.peers: dict[int, dict] = {}  # rank -> {"host", "pid", "boot"} (rank 0 only)
+        self.peers: dict[int, dict] = {}  # rank -> {"host", "pid", "boot", "ticks"} (rank 0 only)
         self._sends: list = []
         self._last_beat = 0.0
         self._seen: dict[int, float] = {}
@@ -115,7 +115,7 @@ class Clients:
         return not self._sends
 
     # ---- rank 0
-    def _wait_all(self, kind: str, what: str, timeout_s: float | None, on_poll=None) -> dict[int, dict]:
+    def _wait_all(self, kind: str, what: str, timeout_s: float | None) -> dict[int, dict]:
         """Rank 0: the message `kind` of this round from every other rank. A rank that sends an error, dies
         (on this host) or goes silent raises RankFailed naming it."""
         got = {r: m for r, m in self._early.items() if m["kind"] == kind}
@@ -135,8 +135,6 @@ class Clients:
                         break
                     msg = self._receive(r)
             self._check_alive(set(range(1, self.size)) - set(got), what, start, timeout_s)
-            if on_poll is not None:
-                on_poll()
             if len(got) < self.size - 1:
                 time.sleep(POLL_S)
         return got
@@ -167,7 +165,7 @@ class Clients:
                 raise RankLost(f"rank {r} ({self.describe(r)}) died (killed or crashed) before it could {what}")
             if timeout_s is not None and now - start > timeout_s:
                 raise RankLost(f"rank {r} ({self.describe(r)}) did not {what} within {timeout_s:.0f} s "
-                                 f"(client_timeout_s): stopped, stuck or slower to prepare")
+                               f"(client_timeout_s): stopped, stuck or slower to prepare")
             silence = min(SILENCE_S, self.timeout_s)
             if timeout_s is None and now - self._seen.get(r, start) > silence:
                 raise RankLost(f"rank {r} ({self.describe(r)}) sent nothing for {silence:.0f} s: stopped or stuck")
