@@ -1,5 +1,6 @@
 """Issue 9: the tracking layer under faults: a full outputs/, a store that is down or read-only,
 sync racing a run, runs left RUNNING by a dead process, launchers, and result.json from anywhere."""
+import errno
 import json
 import math
 import os
@@ -66,6 +67,24 @@ def outputs_tmpfs(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
+def fill(mount, leave: int) -> None:
+    """Fill the file system at mount until `leave` bytes are free. The runner writes there at the same time
+    (.hydra, its log), so the free space read a moment ago may be gone: read it again and retry."""
+    with open(mount / "filler", "wb") as f:
+        for _ in range(50):
+            st = os.statvfs(mount)
+            want = st.f_bavail * st.f_frsize - leave
+            if want <= 0:
+                return
+            try:
+                os.posix_fallocate(f.fileno(), os.fstat(f.fileno()).st_size, want)
+                return
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+        raise AssertionError(f"could not fill {mount} to {leave} bytes free")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("store_at, room_kib", [("elsewhere", 16), ("elsewhere", 0), ("outputs", 16)])
 def test_full_outputs_keeps_the_measurement(tmp_path, outputs_tmpfs, store_at, room_kib):
@@ -84,9 +103,7 @@ def test_full_outputs_keeps_the_measurement(tmp_path, outputs_tmpfs, store_at, r
     deadline = time.monotonic() + 60
     while not list(outputs_tmpfs.glob("runs/*/*/.hydra/overrides.yaml")) and time.monotonic() < deadline:
         time.sleep(0.01)
-    st = os.statvfs(outputs_tmpfs)
-    with open(outputs_tmpfs / "filler", "wb") as f:
-        os.posix_fallocate(f.fileno(), 0, st.f_bavail * st.f_frsize - room_kib * 1024)
+    fill(outputs_tmpfs, leave=room_kib * 1024)
     out, err = p.communicate(timeout=120)
     assert "throughput" in out  # measured and shown
     line = one_line(err)
