@@ -161,7 +161,7 @@ class Clients:
         now = time.monotonic()
         for r in sorted(waiting):
             p = self.peers.get(r)
-            if p and p["host"] == self.host and p["boot"] == _boot_id() and not _alive(p["pid"], p["ticks"]):
+            if p and p["host"] == self.host and p["boot"] == boot_id() and not _alive(p["pid"], p["ticks"]):
                 raise RankLost(f"rank {r} ({self.describe(r)}) died (killed or crashed) before it could {what}")
             if timeout_s is not None and now - start > timeout_s:
                 raise RankLost(f"rank {r} ({self.describe(r)}) did not {what} within {timeout_s:.0f} s "
@@ -172,7 +172,7 @@ class Clients:
 
     def hello(self) -> None:
         """Every rank says who it is (host, pid) once: rank 0 can then name ranks and see one that died."""
-        me = {"host": self.host, "pid": self.pid, "boot": _boot_id(), "ticks": _start_ticks(self.pid)}
+        me = {"host": self.host, "pid": self.pid, "boot": boot_id(), "ticks": _start_ticks(self.pid)}
         if self.rank:
             self._send(0, "hello", hello=me)
             return
@@ -292,10 +292,10 @@ class Clients:
     def dead_peers(self) -> list[str]:
         """Rank 0: the ranks on this host whose process is gone (after mpirun ended this one)."""
         return [f"rank {r} ({self.describe(r)})" for r, p in sorted(self.peers.items())
-                if r and p["host"] == self.host and p["boot"] == _boot_id() and not _alive(p["pid"], p["ticks"])]
+                if r and p["host"] == self.host and p["boot"] == boot_id() and not _alive(p["pid"], p["ticks"])]
 
 
-def _boot_id() -> str:
+def boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
             return f.read().strip()

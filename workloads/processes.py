@@ -21,6 +21,7 @@ import time
 import psutil
 
 from . import metadata
+from .clients import boot_id
 from .errors import Interrupted, WorkloadError
 from .metrics import LatencyHistogram, Result
 from .prepare import describe_error, device_counters, prepare_files
@@ -237,19 +238,13 @@ def _client_info(clients, result: Result, placement) -> dict:
     """What rank 0 needs of this rank besides its workers' results: who, its clock, its own figures."""
     m = result.metrics()
     where = placement.info()
-    return {"rank": clients.rank, "host": clients.host, "pid": clients.pid, "boot": _boot_id(),
+    return {"rank": clients.rank, "host": clients.host, "pid": clients.pid, "boot": boot_id(),
             "fs": where["fs_type"], "mountpoint": where["mountpoint"], "dir": where["scratch_dir"] or where["target_path"],
             "offset_ns": time.time_ns() - time.perf_counter_ns(),  # perf_counter -> wall clock on this host
             "device": placement.device, "device_bytes": (result.device_read_bytes, result.device_write_bytes),
             "mib_s": m["throughput_mib_s"], "iops": m["iops"], "p99_us": m["lat_p99_us"],
             "bytes": result.bytes_read + result.bytes_written, "elapsed_s": result.elapsed_s,
             "warnings": result.warnings}
-
-
-def _boot_id() -> str:
-    from .clients import _boot_id as boot
-
-    return boot()
 
 
 def _merge_clients(spec: Spec, ranks: list, placement, mine: Result) -> Result:
